@@ -1,0 +1,415 @@
+"""AutoTrainOnce: train from scratch while a controller decides which channel groups to remove.
+
+Call :meth:`AutoTrainOnce.step` after every ``optimizer.step()``; it runs, per the schedule, the controller step
+on a held-out batch, resamples the proximal mask, applies the guided proximal step and finally freezes the mask.
+:meth:`AutoTrainOnce.export` returns the physically pruned model and proves it equals the masked one.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError, SurgeryError
+from .config import AtoConfig
+from .controller import Controller
+from .proximal import GroupProximal
+from .resource import Target, resolve_target, resource_loss
+from .schedule import Schedule
+
+__all__ = ["AutoTrainOnce"]
+
+Masks = list[torch.Tensor | None]
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _call(model: nn.Module, inputs: Any) -> Any:
+    return model(*inputs) if isinstance(inputs, (tuple, list)) else model(inputs)
+
+
+def _to(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_to(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    return obj
+
+
+def _tensors(obj: Any) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (tuple, list)):
+        return [t for o in obj for t in _tensors(o)]
+    if isinstance(obj, dict):
+        return [t for k in sorted(obj, key=str) for t in _tensors(obj[k])]
+    return []
+
+
+class _EvalMode:
+    """Puts every module of a model in eval mode and restores each module's own flag afterwards."""
+
+    def __init__(self, *models: nn.Module) -> None:
+        self.models = models
+
+    def __enter__(self) -> None:
+        self.saved = [(m, m.training) for model in self.models for m in model.modules()]
+        for model in self.models:
+            model.eval()
+
+    def __exit__(self, *exc: object) -> None:
+        for m, mode in self.saved:
+            m.training = mode
+
+
+class AutoTrainOnce:
+    """The ATO pruner for one model and one run.
+
+    Args:
+        model: the network being trained (modified in place only by the proximal step).
+        example_inputs: a tensor (or tuple of tensors) the model accepts; used to discover the pruning space
+            and as the probe of the export check.
+        target: :class:`Flops` or :class:`Params` with the fraction of the whole network to remove.
+        holdout: an iterable of ``(inputs, targets)`` batches for the controller (a held-out split). If None,
+            the batch given to :meth:`step` is used instead.
+        total_steps: optimizer steps of the whole run (epochs * batches per epoch); the schedule scales to it.
+        steps_per_epoch: if given, the proximal mask is resampled once per epoch (unless ``mask_interval`` says
+            otherwise).
+        space: a pruning space already discovered for ``model`` (default: ``discover(model, example_inputs)``).
+        criterion: the controller's task loss ``criterion(outputs, targets)`` (default: cross-entropy).
+        **options: see :class:`AtoConfig` and docs/ato.md.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: Any,
+        target: Target,
+        holdout: Iterable[Any] | None = None,
+        total_steps: int = 0,
+        *,
+        steps_per_epoch: int | None = None,
+        space: Any = None,
+        criterion: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
+        **options: Any,
+    ) -> None:
+        self.config = cfg = AtoConfig.from_options(options)
+        self.schedule = Schedule.build(cfg.schedule(), total_steps, steps_per_epoch)
+        self.model = model
+        self.example_inputs = example_inputs
+        if space is None:
+            from ..space import discover
+
+            space = discover(model, example_inputs)
+        self.space = space
+        self.target = target
+        self.budget = resolve_target(target, space)  # raises TargetError for bad or unreachable targets
+        self.prunable = [i for i, g in enumerate(space.groups) if g.prunable]
+        groups = [space.groups[i] for i in self.prunable]
+        self.generator = torch.Generator().manual_seed(int(cfg.seed))
+        self.controller: Controller | None = Controller(
+            [g.size for g in groups],
+            embed_dim=cfg.embed_dim,
+            hidden_size=cfg.hidden_size,
+            temperature=cfg.temperature,
+            offset=cfg.offset,
+            min_channels=cfg.min_channels,
+            generator=self.generator,
+        ).to(_device_of(model))
+        self.controller_optimizer: torch.optim.Optimizer | None = torch.optim.AdamW(
+            self.controller.parameters(), lr=cfg.controller_lr, weight_decay=cfg.controller_weight_decay
+        )
+        self.proximal = GroupProximal(model, groups)
+        self.holdout = holdout
+        self.criterion = criterion or F.cross_entropy
+        self.global_step = 0
+        self.frozen = False
+        self.lr_decayed = False
+        self.mask: list[torch.Tensor] | None = None  # bool keep-masks of the prunable groups (CPU)
+        self.last: dict[str, float] = {}  # losses of the latest controller step
+        self.export_report: dict[str, float] = {}
+        self._holdout_iter: Iterator[Any] | None = None
+        self._holdout_drawn = 0
+        self._holdout_skip = 0
+
+    # ----------------------------------------------------------------------------------------- masks
+    def _full(self, per_prunable: list[torch.Tensor]) -> Masks:
+        """Expand prunable-group masks to a list aligned with ``space.groups`` (None for the others)."""
+        out: Masks = [None] * len(self.space.groups)
+        for i, m in zip(self.prunable, per_prunable):
+            out[i] = m
+        return out
+
+    def current_masks(self) -> Masks | None:
+        """The mask in force (frozen, or the latest sample) aligned with ``space.groups``; None before any."""
+        return None if self.mask is None else self._full(self.mask)
+
+    def _set_mask(self, keep: list[torch.Tensor]) -> None:
+        self.mask = [k.detach().bool().cpu() for k in keep]
+        self.proximal.set_mask(self.mask)
+
+    def _require_controller(self) -> Controller:
+        if self.controller is None:
+            raise RuntimeError("the controller was discarded by export(); the mask is final")
+        return self.controller
+
+    def freeze(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Fix the mask to the controller's deterministic choice (noiseless logits) and stop the controller.
+
+        With ``zero_at_freeze`` the dropped channels are set exactly to zero here, so the rest of training
+        already runs the sub-network that export() will cut out.
+        """
+        if self.frozen:
+            return
+        self._set_mask(self._require_controller().sample(deterministic=True))
+        self.frozen = True
+        if self.config.zero_at_freeze:
+            opt = optimizer if self.config.reset_optimizer_state else None
+            self.last["zeroed_at_freeze_max_norm"] = self.proximal.hard_zero(opt)
+
+    # ----------------------------------------------------------------------------------------- stepping
+    def _sync_device(self) -> None:
+        # The trainer may move the model after the pruner was built; the controller follows it.
+        dev = _device_of(self.model)
+        ctrl = self.controller
+        if ctrl is None or ctrl.embeddings.device == dev:
+            return
+        ctrl.to(dev)
+        assert self.controller_optimizer is not None
+        for state in self.controller_optimizer.state.values():
+            for k, v in state.items():
+                if isinstance(v, torch.Tensor) and k != "step":
+                    state[k] = v.to(dev)
+
+    def _next_holdout(self, batch: Any) -> Any:
+        if self.holdout is None:
+            if batch is None:
+                raise ConfigError(
+                    "AutoTrainOnce needs batches for its controller: pass holdout=<loader of a held-out split> "
+                    "or give the training batch as pruner.step(optimizer, batch=(inputs, targets))"
+                )
+            return batch
+        for _ in range(2):
+            if self._holdout_iter is None:
+                self._holdout_iter = iter(self.holdout)
+                # After a resume, continue where the interrupted run was in the holdout loader.
+                for _ in range(self._holdout_skip):
+                    next(self._holdout_iter, None)
+                self._holdout_skip = 0
+            try:
+                item = next(self._holdout_iter)
+            except StopIteration:
+                self._holdout_iter = None
+                continue
+            self._holdout_drawn += 1
+            return item
+        raise ConfigError("the holdout loader yielded no batch; give it at least one sample")
+
+    def _controller_step(self, batch: Any) -> None:
+        ctrl = self._require_controller()
+        opt = self.controller_optimizer
+        assert opt is not None
+        inputs, targets = _to(tuple(self._next_holdout(batch))[:2], _device_of(self.model))
+        ctrl.train()
+        params = [p for p in ctrl.parameters() if p.requires_grad]
+        with torch.enable_grad():
+            soft, hard = ctrl()
+            with _EvalMode(self.model), self.space.masked(self.model, self._full(soft)):
+                task = self.criterion(_call(self.model, inputs), targets)
+            r = self.budget.kept_fraction(self.target.soft_cost(self.space, self._full(hard)))
+            res = resource_loss(r, self.budget.p, self.config.resource_loss, self.config.dead_zone)
+            loss = task + 2.0 * self.config.reg_weight * res.to(task.device)
+            # Gradients for the controller only: the model's weights get no .grad and no wasted backward.
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+        for p, g in zip(params, grads):
+            p.grad = torch.zeros_like(p) if g is None else g
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        self.last.update(task_loss=float(task), resource_loss=float(res), kept_fraction=float(r))
+
+    def step(self, optimizer: torch.optim.Optimizer, batch: Any = None) -> None:
+        """Call after every ``optimizer.step()`` of the model; does what the schedule says for this step.
+
+        ``batch`` is only used for controller steps when no holdout loader was given.
+        """
+        self.global_step += 1
+        t, s = self.global_step, self.schedule
+        self._sync_device()
+        if not self.frozen and t >= s.freeze_at:
+            self.freeze(optimizer)
+        if not self.frozen:
+            ctrl = self._require_controller()
+            if s.controller_active(t):
+                if not self.lr_decayed and t >= s.controller_lr_decay:
+                    assert self.controller_optimizer is not None
+                    for group in self.controller_optimizer.param_groups:
+                        group["lr"] *= self.config.lr_decay_factor
+                    self.lr_decayed = True
+                if s.controller_step_due(t):
+                    self._controller_step(batch)
+            if s.mask_due(t) or (self.mask is None and s.proximal_active(t)):
+                self._set_mask(ctrl.sample())
+        if s.proximal_active(t) and self.mask is not None:
+            lr = float(optimizer.param_groups[0]["lr"])
+            opt = optimizer if self.config.reset_optimizer_state else None
+            self.proximal.step(s.lam(t), lr, opt)
+
+    # ----------------------------------------------------------------------------------------- reporting
+    def _removed(self, keep: list[torch.Tensor] | None) -> tuple[float, float]:
+        masks = None if keep is None else self._full(keep)
+        flops = 1.0 - self.space.flops(masks) / max(1, self.space.flops(None))
+        params = 1.0 - self.space.params(masks) / max(1, self.space.params(None))
+        return flops, params
+
+    def metrics(self) -> dict[str, float]:
+        """Numbers for logging (metrics.csv / TensorBoard), all floats."""
+        t = self.global_step
+        flops, params = self._removed(self.mask)
+        out = {
+            "ato/frozen": float(self.frozen),
+            "ato/lambda": self.schedule.lam(t) if self.schedule.proximal_active(t) else 0.0,
+            "ato/target_removed": float(self.target.remove),
+            "ato/flops_removed": flops,
+            "ato/params_removed": params,
+        }
+        if self.controller is not None and not self.frozen:
+            # What the freeze would produce now: the deterministic mask's removal of the target's cost.
+            removed = self._removed(self.controller.sample(deterministic=True))
+        else:
+            removed = (flops, params)
+        out["ato/controller_removed"] = removed[0 if self.target.kind == "flops" else 1]
+        dropped, zero, worst = self.proximal.count_zero()
+        out["ato/dropped_channels"] = float(dropped)
+        out["ato/dropped_groups"] = float(sum(1 for k in self.mask or [] if not bool(k.all())))
+        out["ato/zero_channels"] = float(zero)
+        out["ato/max_dropped_norm"] = worst
+        for key in ("task_loss", "resource_loss", "kept_fraction"):
+            out[f"ato/{key}"] = self.last.get(key, float("nan"))
+        return out
+
+    def mask_summary(self) -> dict[str, Any]:
+        """The mask per group as plain data (for mask.json): name, size, kept count and the 0/1 keep list."""
+        groups = []
+        for gi, keep in zip(self.prunable, self.mask or [None] * len(self.prunable)):
+            g = self.space.groups[gi]
+            k = torch.ones(g.size, dtype=torch.bool) if keep is None else keep
+            groups.append({"name": g.name, "size": g.size, "kept": int(k.sum()), "keep": k.int().tolist()})
+        flops, params = self._removed(self.mask)
+        return {
+            "target": {"kind": self.target.kind, "remove": self.target.remove, "p": self.budget.p},
+            "frozen": self.frozen,
+            "step": self.global_step,
+            "flops_removed": flops,
+            "params_removed": params,
+            "groups": groups,
+        }
+
+    # ----------------------------------------------------------------------------------------- export
+    @torch.no_grad()
+    def export(self) -> nn.Module:
+        """The physically pruned model; checks that it computes what the masked model computes.
+
+        Raises SurgeryError when the outputs differ by more than ``tolerance`` on ``example_inputs``.
+        """
+        if not self.frozen:
+            warnings.warn(
+                f"AutoTrainOnce.export() at step {self.global_step}, before the mask froze "
+                f"(step {self.schedule.freeze_at}); freezing now, the dropped channels are hard-zeroed",
+                stacklevel=2,
+            )
+            self.freeze()
+        assert self.mask is not None
+        dropped, zero, worst = self.proximal.count_zero()
+        if zero < dropped:
+            warnings.warn(
+                f"{dropped - zero} of {dropped} dropped channels were not exactly zero at export "
+                f"(largest norm {worst:.3g}); setting them to zero changes the trained function",
+                stacklevel=2,
+            )
+            self.proximal.hard_zero()
+            dropped, zero, worst = self.proximal.count_zero()
+        if zero != dropped:  # an invariant of hard_zero, not a user error
+            raise SurgeryError(f"{dropped - zero} dropped channels are still non-zero after hard-zeroing")
+        masks = self._full(self.mask)
+        compact = self.space.prune(self.model, masks)
+        inputs = _to(self.example_inputs, _device_of(self.model))
+        with _EvalMode(self.model, compact):
+            with self.space.masked(self.model, masks):
+                ref = _tensors(_call(self.model, inputs))
+            dense = _tensors(_call(self.model, inputs))
+            out = _tensors(_call(compact, _to(inputs, _device_of(compact))))
+        if len(ref) != len(out):
+            raise SurgeryError(f"the compact model returns {len(out)} tensors, the masked model {len(ref)}")
+        diff = max((float((a.float() - b.float().to(a.device)).abs().max()) for a, b in zip(ref, out)), default=0.0)
+        dense_diff = max((float((a.float() - b.float()).abs().max()) for a, b in zip(dense, ref)), default=0.0)
+        self.export_report = {"max_abs_diff": diff, "max_abs_diff_dense": dense_diff}
+        if not diff <= self.config.tolerance:
+            raise SurgeryError(
+                f"the pruned model differs from the masked model by {diff:.3g} (> {self.config.tolerance:g}) on "
+                "the example inputs; a channel group is probably wrong for this architecture"
+            )
+        self.controller = None  # the controller has done its job; free it
+        self.controller_optimizer = None
+        return compact
+
+    # ----------------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue identically; loads with ``torch.load(weights_only=True)``."""
+        return {
+            "version": 1,
+            "global_step": self.global_step,
+            "total_steps": self.schedule.total_steps,
+            "frozen": self.frozen,
+            "lr_decayed": self.lr_decayed,
+            "controller": None if self.controller is None else self.controller.state_dict(),
+            "controller_optimizer": None
+            if self.controller_optimizer is None
+            else self.controller_optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "mask": None if self.mask is None else [m.clone() for m in self.mask],
+            "holdout_drawn": self._holdout_drawn,
+            "last": dict(self.last),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; call before the first :meth:`step` of the resumed run."""
+        if state.get("version") != 1:
+            raise ConfigError(f"unknown AutoTrainOnce state version {state.get('version')!r}")
+        if state["total_steps"] != self.schedule.total_steps:
+            warnings.warn(
+                f"resuming an ATO run planned for {state['total_steps']} steps with total_steps="
+                f"{self.schedule.total_steps}; the schedule boundaries move",
+                stacklevel=2,
+            )
+        if state["controller"] is not None and self.controller is not None:
+            self.controller.load_state_dict(state["controller"])
+            assert self.controller_optimizer is not None
+            self.controller_optimizer.load_state_dict(state["controller_optimizer"])
+        elif state["controller"] is None:
+            self.controller = None
+            self.controller_optimizer = None
+        self.generator.set_state(state["generator"])
+        self.global_step = int(state["global_step"])
+        self.frozen = bool(state["frozen"])
+        self.lr_decayed = bool(state["lr_decayed"])
+        if state["mask"] is not None:
+            self._set_mask([torch.as_tensor(m) for m in state["mask"]])
+        else:
+            self.mask = None
+        self.last = {str(k): float(v) for k, v in state["last"].items()}
+        drawn = int(state["holdout_drawn"])
+        self._holdout_drawn = drawn
+        self._holdout_iter = None
+        length = len(self.holdout) if hasattr(self.holdout, "__len__") else 0  # type: ignore[arg-type]
+        self._holdout_skip = drawn % length if length else 0

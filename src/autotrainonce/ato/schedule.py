@@ -1,0 +1,146 @@
+"""The ATO schedule in optimizer steps.
+
+Boundaries are given as fractions of training (float in [0, 1]) or as step counts (int) and resolved once from
+``total_steps``. Step ``t`` below is the number of optimizer steps done, counting the one just taken (1-based).
+
+Defaults, scaled from the paper's 245-epoch run (E_h = 25, E_gl = 50, E_lambda = 120, E_fix = 125):
+
+====================  =======  ==================================================================
+boundary              default  meaning
+====================  =======  ==================================================================
+controller_start      0.10     controller steps begin (after the LR warm-up)
+proximal_start        0.20     proximal step after every model step from here on
+lambda_switch         0.49     lambda jumps from ``lambda_low`` to ``lambda_high``
+controller_lr_decay   0.49     controller learning rate x ``lr_decay_factor`` (just before freezing)
+freeze_at             0.51     the mask is frozen (deterministic) and the controller stops
+====================  =======  ==================================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+
+__all__ = ["ScheduleConfig", "Schedule"]
+
+Point = int | float
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """When each ATO phase starts: ints are optimizer steps, floats fractions of ``total_steps``."""
+
+    controller_start: Point = 0.10
+    proximal_start: Point = 0.20
+    lambda_switch: Point = 0.49
+    controller_lr_decay: Point | None = None  # None: at lambda_switch
+    freeze_at: Point = 0.51
+    hyper_step: int = 20  # one controller step every this many model steps
+    mask_interval: Point | None = None  # resample the proximal mask; None: every epoch (or 1% of training)
+    lambda_low: float = 10.0
+    lambda_high: float = 1000.0
+
+
+def _resolve(name: str, value: Point, total: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"schedule option {name}={value!r} must be an int (steps) or a float in [0, 1]")
+    if isinstance(value, float):
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(
+                f"schedule option {name}={value!r}: a float is a fraction of training and must lie in [0, 1]; "
+                "give an int for a number of steps"
+            )
+        return int(round(value * total))
+    if value < 0:
+        raise ConfigError(f"schedule option {name}={value} must be >= 0 steps")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A :class:`ScheduleConfig` resolved to step numbers for one run."""
+
+    total_steps: int
+    controller_start: int
+    proximal_start: int
+    lambda_switch: int
+    controller_lr_decay: int
+    freeze_at: int
+    hyper_step: int
+    mask_interval: int
+    lambda_low: float
+    lambda_high: float
+
+    @classmethod
+    def build(cls, cfg: ScheduleConfig, total_steps: int, steps_per_epoch: int | None = None) -> Schedule:
+        """Resolve ``cfg`` for a run of ``total_steps`` optimizer steps."""
+        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps <= 0:
+            raise ConfigError(f"total_steps must be a positive int (epochs * batches per epoch), got {total_steps!r}")
+        if isinstance(cfg.hyper_step, bool) or not isinstance(cfg.hyper_step, int) or cfg.hyper_step < 1:
+            raise ConfigError(f"hyper_step must be an int >= 1, got {cfg.hyper_step!r}")
+        pts = {
+            name: _resolve(name, getattr(cfg, name), total_steps)
+            for name in ("controller_start", "proximal_start", "lambda_switch", "freeze_at")
+        }
+        decay = cfg.controller_lr_decay
+        pts["controller_lr_decay"] = pts["lambda_switch"] if decay is None else _resolve(
+            "controller_lr_decay", decay, total_steps
+        )
+        if cfg.mask_interval is None:
+            interval = steps_per_epoch or max(1, round(0.01 * total_steps))
+        else:
+            interval = _resolve("mask_interval", cfg.mask_interval, total_steps)
+        if pts["controller_start"] >= pts["freeze_at"]:
+            raise ConfigError(
+                f"the controller must start before the mask freezes: controller_start={pts['controller_start']} "
+                f">= freeze_at={pts['freeze_at']} steps (of {total_steps})"
+            )
+        if cfg.lambda_low < 0 or cfg.lambda_high < 0:
+            raise ConfigError("lambda_low and lambda_high must be >= 0")
+        return cls(
+            total_steps=total_steps,
+            hyper_step=cfg.hyper_step,
+            mask_interval=max(1, int(interval)),
+            lambda_low=float(cfg.lambda_low),
+            lambda_high=float(cfg.lambda_high),
+            **pts,
+        )
+
+    def controller_active(self, t: int) -> bool:
+        """The controller trains at step ``t`` (before the freeze)."""
+        return self.controller_start <= t < self.freeze_at
+
+    def controller_step_due(self, t: int) -> bool:
+        """A controller step follows model step ``t``: every ``hyper_step`` steps from ``controller_start``."""
+        return self.controller_active(t) and (t - self.controller_start) % self.hyper_step == 0
+
+    def proximal_active(self, t: int) -> bool:
+        return t >= self.proximal_start
+
+    def mask_due(self, t: int) -> bool:
+        """Resample the proximal mask at ``t`` (counted from the first step that needs a mask)."""
+        start = min(self.controller_start, self.proximal_start)
+        return t < self.freeze_at and t >= start and (t - start) % self.mask_interval == 0
+
+    def lam(self, t: int) -> float:
+        return self.lambda_high if t >= self.lambda_switch else self.lambda_low
+
+    def phase(self, t: int) -> str:
+        """A short name of the phase at step ``t``, for logs."""
+        if t >= self.freeze_at:
+            return "frozen"
+        if t >= self.controller_start:
+            return "search"
+        if t >= self.proximal_start:
+            return "proximal"
+        return "dense"
+
+    def describe(self) -> str:
+        """One line per boundary, in steps."""
+        return (
+            f"controller {self.controller_start}..{self.freeze_at} every {self.hyper_step} steps, "
+            f"proximal from {self.proximal_start} (lambda {self.lambda_low:g} -> {self.lambda_high:g} at "
+            f"{self.lambda_switch}), controller lr decay at {self.controller_lr_decay}, mask resampled every "
+            f"{self.mask_interval}, frozen from {self.freeze_at} of {self.total_steps}"
+        )

@@ -1,0 +1,204 @@
+"""Find the pruning space of a model: trace, annotate shapes, propagate channels, assemble groups."""
+
+from __future__ import annotations
+
+import warnings
+from collections import defaultdict
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from ..errors import TraceError
+from ..graph.tracing import annotate_shapes, as_input_tuple, trace
+from .groups import ChannelGroup, GatePoint, Member
+from .propagate import ATOMS, Atoms, Propagation
+from .pruning_space import ParamDim, PruningSpace
+from .rules import apply_rule
+
+__all__ = ["discover"]
+
+
+def discover(model: nn.Module, example_inputs: Any) -> PruningSpace:
+    """Trace ``model`` on ``example_inputs`` and return its :class:`PruningSpace`. The model is not modified.
+
+    Channels that cannot be removed without changing the function (network inputs and outputs, channels that
+    reach an op without a rule) are grouped as unprunable; an unsupported op warns once, naming itself and its
+    module. A model that torch.fx cannot trace gives a space with no prunable group and a warning.
+    """
+    inputs = as_input_tuple(example_inputs)
+    try:
+        gm = trace(model)
+    except TraceError as e:
+        warnings.warn(f"autotrainonce: {e} Nothing in this model is prunable.", stacklevel=2)
+        return _untraceable_space(model, inputs)
+    annotate_shapes(gm, inputs)
+    ctx = Propagation(gm)
+    _count_module_calls(ctx)
+    for node in gm.graph.nodes:
+        ctx.node = node
+        if node.op in ("placeholder", "get_attr"):
+            node.meta[ATOMS] = None  # network inputs and constants: fixed channels
+        elif node.op == "output":
+            for n in ctx.tensor_args(node):
+                a = ctx.atoms(n)
+                if a is not None:
+                    ctx.mark(a.ids, "network output")
+                _const_tuple(ctx, n)
+        elif node.op == "call_module" and ctx.call_counts.get(str(node.target), 0) > 1:
+            ctx.unknown(node, f"{type(ctx.modules[str(node.target)]).__name__} called more than once")
+            node.meta[ATOMS] = None
+            ctx.const_flops += int(node.meta.get("ato.flops", 0))
+        else:
+            node.meta[ATOMS] = apply_rule(ctx, node)
+    return _assemble(model, gm, ctx, inputs)
+
+
+def _const_tuple(ctx: Propagation, n: fx.Node) -> None:
+    value = n.meta.get(ATOMS)
+    if isinstance(value, tuple):
+        for a in value:
+            if isinstance(a, Atoms):
+                ctx.mark(a.ids, "network output")
+
+
+def _count_module_calls(ctx: Propagation) -> None:
+    for node in ctx.gm.graph.nodes:
+        if node.op == "call_module":
+            ctx.call_counts[str(node.target)] = ctx.call_counts.get(str(node.target), 0) + 1
+
+
+def _assemble(model: nn.Module, gm: fx.GraphModule, ctx: Propagation, inputs: tuple) -> PruningSpace:
+    n_atoms = len(ctx.parent)
+    root = torch.tensor([ctx.find(a) for a in range(n_atoms)], dtype=torch.long)
+    # group = classes linked through producer blocks (a block's channels form one group)
+    gparent = list(range(n_atoms))
+
+    def gfind(a: int) -> int:
+        while gparent[a] != a:
+            gparent[a] = gparent[gparent[a]]
+            a = gparent[a]
+        return a
+
+    for _, ids in ctx.blocks:
+        rs = root[ids].tolist()
+        for r in rs[1:]:
+            ra, rb = gfind(rs[0]), gfind(r)
+            if ra != rb:
+                gparent[rb] = ra
+    # order groups by the first block that touches them; channels by first appearance
+    group_of_root: dict[int, int] = {}
+    lid_of_root: dict[int, int] = {}
+    names: list[list[str]] = []
+    sizes: list[int] = []
+    for name, ids in ctx.blocks:
+        for r in root[ids].tolist():
+            g = gfind(r)
+            if g not in group_of_root:
+                group_of_root[g] = len(names)
+                names.append([])
+                sizes.append(0)
+            gi = group_of_root[g]
+            if name not in names[gi]:
+                names[gi].append(name)
+            if r not in lid_of_root:
+                lid_of_root[r] = sizes[gi]
+                sizes[gi] += 1
+    gid = torch.full((max(n_atoms, 1),), -1, dtype=torch.long)
+    lid = torch.full((max(n_atoms, 1),), -1, dtype=torch.long)
+    for a in range(n_atoms):
+        r = int(root[a])
+        gid[a] = group_of_root[gfind(r)]
+        lid[a] = lid_of_root[r]
+    reasons: dict[int, str] = {}
+    for r, why in ctx.reason.items():
+        gi = group_of_root.get(gfind(ctx.find(r)))
+        if gi is not None:
+            reasons.setdefault(gi, why)
+
+    groups = [
+        ChannelGroup(
+            name=_group_name(names[i]), size=sizes[i], prunable=i not in reasons, reason=reasons.get(i, "")
+        )
+        for i in range(len(names))
+    ]
+
+    def split(ids: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        pos = torch.nonzero(ids >= 0).flatten()
+        out: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        if pos.numel() == 0:
+            return out
+        g, c = gid[ids[pos]], lid[ids[pos]]
+        for gi in torch.unique(g).tolist():
+            sel = g == gi
+            out[gi] = (pos[sel], c[sel])
+        return out
+
+    param_dims: dict[tuple[str, str], dict[int, ParamDim]] = defaultdict(dict)
+    for (mod, name), rec in ctx.tensors.items():
+        for dim, ids in rec.dims.items():
+            parts = split(ids)
+            for gi, (pos, ch) in parts.items():
+                groups[gi].members.append(Member(mod, name, rec.kind, dim, pos, ch, rec.role.get(dim, "")))
+            param_dims[(mod, name)][dim] = ParamDim(ids.numel(), _gl(ids, gid), _gl(ids, lid))
+    for mod, dim, ids in ctx.gates:
+        for gi, (pos, ch) in split(ids).items():
+            groups[gi].gates.append(GatePoint(mod, dim, pos, ch))
+    activations = {k: ParamDim(v.numel(), _gl(v, gid), _gl(v, lid)) for k, v in ctx.activations.items()}
+    return PruningSpace(
+        model_class=type(model).__name__,
+        groups=groups,
+        example_inputs=inputs,
+        param_dims=dict(param_dims),
+        activations=activations,
+        costs=list(ctx.costs),
+        const_macs=ctx.const_flops // 2,
+        param_numels=_param_numels(model),
+    )
+
+
+def _gl(ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    out = torch.full_like(ids, -1)
+    ok = ids >= 0
+    out[ok] = table[ids[ok]]
+    return out
+
+
+def _group_name(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{names[0]} (+{len(names) - 1} tied)"
+
+
+def _param_numels(model: nn.Module) -> dict[tuple[str, str], int]:
+    """Every distinct parameter once, keyed by its first (module, name)."""
+    seen: set[int] = set()
+    out: dict[tuple[str, str], int] = {}
+    for mod_name, mod in model.named_modules():
+        for pname, p in mod.named_parameters(recurse=False):
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            out[(mod_name, pname)] = p.numel()
+    return out
+
+
+def _untraceable_space(model: nn.Module, inputs: tuple) -> PruningSpace:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(*inputs)
+    finally:
+        model.train(was)
+    return PruningSpace(
+        model_class=type(model).__name__,
+        groups=[],
+        example_inputs=inputs,
+        param_dims={},
+        activations={},
+        costs=[],
+        const_macs=counter.get_total_flops() // 2,
+        param_numels=_param_numels(model),
+    )

@@ -1,0 +1,187 @@
+"""Channel propagation over a traced graph: which channels are tied together, and where they live.
+
+Every tracked tensor dimension carries *atoms*: one integer id per channel. Producers (a conv's outputs) make
+fresh atoms; channel-wise ops pass them on; a residual add unites its operands' atoms pairwise; a concat joins
+atom lists; a flatten repeats each atom H*W times. Afterwards each union-find class of atoms is one logical
+channel, and each connected set of producer blocks is one :class:`ChannelGroup`.
+
+An untracked dimension (no atoms) is fixed: nothing along it is ever pruned. Network inputs are untracked, and
+anything an op does that this module does not understand turns the atoms it touches *unprunable*.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from ..graph.tracing import SHAPE, node_module_path
+
+__all__ = ["Atoms", "Propagation", "ParamKey", "CostItem"]
+
+ATOMS = "ato.atoms"
+
+ParamKey = tuple[str, str]  # (module path, attribute name)
+
+
+@dataclass(frozen=True)
+class Atoms:
+    """Channel identities along one dimension of a tensor."""
+
+    dim: int
+    ids: torch.Tensor  # LongTensor, one atom id per index along `dim`
+
+    def __len__(self) -> int:
+        return int(self.ids.numel())
+
+
+@dataclass
+class TensorRecord:
+    """How one parameter/buffer's dimensions map to atoms (-1: a fixed position)."""
+
+    kind: str  # "param" or "buffer"
+    role: dict[int, str] = field(default_factory=dict)
+    dims: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CostItem:
+    """MACs = unit * kept(dim a) * kept(dim b) for one weighted op (conv, linear)."""
+
+    node: str
+    unit: int
+    a: tuple[ParamKey, int]
+    b: tuple[ParamKey, int]
+    sizes: tuple[int, int]  # full sizes of dims a and b (an untracked dim is always kept whole)
+
+
+class Propagation:
+    """Mutable state of one propagation pass; rules call its methods."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        self.gm = gm
+        self.modules = dict(gm.named_modules())
+        self.parent: list[int] = []
+        self.reason: dict[int, str] = {}
+        self.blocks: list[tuple[str, torch.Tensor]] = []  # (producer name, fresh atom ids)
+        self.tensors: dict[ParamKey, TensorRecord] = {}
+        self.gates: list[tuple[str, int, torch.Tensor]] = []
+        self.activations: dict[tuple[str, str], torch.Tensor] = {}  # (module, "in"/"out") -> atoms (-1 fixed)
+        self.costs: list[CostItem] = []
+        self.const_flops = 0  # FLOPs (not MACs) of ops whose cost does not depend on masks
+        self.warned: set[tuple[str, str]] = set()
+        self.call_counts: dict[str, int] = {}
+        self.node: fx.Node | None = None
+
+    # -- union-find ---------------------------------------------------------------------------------------
+    def find(self, a: int) -> int:
+        parent = self.parent
+        root = a
+        while parent[root] != root:
+            root = parent[root]
+        while parent[a] != root:  # path compression
+            parent[a], a = root, parent[a]
+        return root
+
+    def union(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        """Tie atoms ``a[i]`` and ``b[i]`` for every i."""
+        for x, y in zip(a.tolist(), b.tolist()):
+            rx, ry = self.find(x), self.find(y)
+            if rx != ry:
+                self.parent[ry] = rx
+                if ry in self.reason and rx not in self.reason:
+                    self.reason[rx] = self.reason[ry]
+
+    def union_all(self, ids: torch.Tensor) -> None:
+        """Tie every atom in ``ids`` into one class."""
+        if ids.numel() > 1:
+            self.union(ids[:1].expand(ids.numel() - 1), ids[1:])
+
+    def fresh(self, n: int, name: str) -> torch.Tensor:
+        """``n`` new atoms forming one producer block named ``name``."""
+        start = len(self.parent)
+        self.parent.extend(range(start, start + n))
+        ids = torch.arange(start, start + n, dtype=torch.long)
+        self.blocks.append((name, ids))
+        return ids
+
+    def fixed(self, n: int, name: str, reason: str) -> torch.Tensor:
+        ids = self.fresh(n, name)
+        self.mark(ids, reason)
+        return ids
+
+    def mark(self, ids: torch.Tensor | None, reason: str) -> None:
+        """Make the classes of ``ids`` unprunable (the first reason given is kept)."""
+        if ids is None:
+            return
+        for a in ids.tolist():
+            self.reason.setdefault(self.find(a), reason)
+
+    # -- reading the graph --------------------------------------------------------------------------------
+    @staticmethod
+    def atoms(arg: Any) -> Atoms | None:
+        if isinstance(arg, fx.Node):
+            value = arg.meta.get(ATOMS)
+            return value if isinstance(value, Atoms) else None
+        return None
+
+    @staticmethod
+    def shape(arg: Any) -> torch.Size | None:
+        if isinstance(arg, fx.Node):
+            s = arg.meta.get(SHAPE)
+            return s if isinstance(s, torch.Size) else None
+        return None
+
+    def tensor_args(self, node: fx.Node) -> list[fx.Node]:
+        found: list[fx.Node] = []
+        fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(n) or n)
+        return found
+
+    def where(self, node: fx.Node) -> str:
+        return node_module_path(node)
+
+    # -- outcomes ----------------------------------------------------------------------------------------
+    def unknown(self, node: fx.Node, what: str | None = None) -> None:
+        """The op is not understood: every channel it touches becomes unprunable; warn once per op."""
+        touched = [a for a in (self.atoms(n) for n in self.tensor_args(node)) if a is not None]
+        label = what or _op_label(node, self.modules)
+        reason = f"used by unsupported op {label} at {self.where(node)}"
+        for a in touched:
+            self.mark(a.ids, reason)
+        key = (label, self.where(node))
+        if touched and key not in self.warned:
+            self.warned.add(key)
+            warnings.warn(
+                f"autotrainonce: op {label} at '{self.where(node)}' is not supported by the pruning space; "
+                "the channels it touches are kept (not prunable). Register a rule with "
+                "autotrainonce.space.register_op_rule to prune through it.",
+                stacklevel=3,
+            )
+
+    def record(self, key: ParamKey, kind: str, dim: int, ids: torch.Tensor, role: str) -> None:
+        rec = self.tensors.setdefault(key, TensorRecord(kind))
+        rec.dims[dim] = ids
+        rec.role[dim] = role
+
+    def gate(self, module: str, dim: int, atoms: Atoms | None) -> None:
+        if atoms is not None:
+            self.gates.append((module, dim, atoms.ids))
+
+
+def _op_label(node: fx.Node, modules: dict[str, nn.Module]) -> str:
+    if node.op == "call_module":
+        return type(modules[str(node.target)]).__name__
+    if node.op == "call_method":
+        return f"Tensor.{node.target}"
+    target = node.target
+    name = getattr(target, "__name__", str(target))
+    mod = getattr(target, "__module__", "") or ""
+    return f"{mod}.{name}" if mod and not mod.startswith("_operator") else name
+
+
+Rule = Callable[[Propagation, fx.Node], Any]

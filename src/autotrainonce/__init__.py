@@ -8,5 +8,18 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from . import data, errors, models  # noqa: E402
+from .ato import AutoTrainOnce, Flops, Params  # noqa: E402
+from .space import ChannelGroup, PruningSpace, discover  # noqa: E402
 
-__all__ = ["__version__", "data", "errors", "models"]
+__all__ = [
+    "AutoTrainOnce",
+    "ChannelGroup",
+    "Flops",
+    "Params",
+    "PruningSpace",
+    "__version__",
+    "data",
+    "discover",
+    "errors",
+    "models",
+]

@@ -334,7 +334,9 @@ def load_config(path: str | Path) -> Config:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}: {exc}".splitlines()[0]) from None
+        raise ConfigError(
+            f"config file {str(path)!r} is not valid YAML{where}: {exc}".splitlines()[0]
+        ) from None
     try:
         return config_from_dict(data)
     except ConfigError as exc:
@@ -396,8 +398,12 @@ def _check_ranges(cfg: Config) -> None:
     need(d.in_channels in (None, 1, 3), "data.in_channels", "1, 3 or null", d.in_channels)
     need(o.lr > 0, "optim.lr", "positive", o.lr)
     need(0.0 <= o.momentum < 1.0, "optim.momentum", "in [0, 1)", o.momentum)
-    need(not (o.nesterov and o.name == "sgd" and o.momentum == 0), "optim.nesterov",
-         "false when optim.momentum is 0", o.nesterov)
+    need(
+        not (o.nesterov and o.name == "sgd" and o.momentum == 0),
+        "optim.nesterov",
+        "false when optim.momentum is 0",
+        o.nesterov,
+    )
     need(o.weight_decay >= 0, "optim.weight_decay", "0 or more", o.weight_decay)
     need(0.0 <= o.label_smoothing < 1.0, "optim.label_smoothing", "in [0, 1)", o.label_smoothing)
     need(o.mixup_alpha >= 0, "optim.mixup_alpha", "0 or more", o.mixup_alpha)
@@ -405,11 +411,19 @@ def _check_ranges(cfg: Config) -> None:
     need(all(m > 0 for m in s.milestones or []), "schedule.milestones", "positive epochs", s.milestones)
     need(0.0 < s.gamma <= 1.0, "schedule.gamma", "in (0, 1]", s.gamma)
     need(r.epochs >= 1, "run.epochs", "at least 1", r.epochs)
-    need(r.max_steps_per_epoch is None or r.max_steps_per_epoch >= 1, "run.max_steps_per_epoch",
-         "at least 1", r.max_steps_per_epoch)
+    need(
+        r.max_steps_per_epoch is None or r.max_steps_per_epoch >= 1,
+        "run.max_steps_per_epoch",
+        "at least 1",
+        r.max_steps_per_epoch,
+    )
     dev = r.device.lower()
-    need(dev in ("auto", "cpu", "cuda", "mps") or dev.startswith("cuda:"), "run.device",
-         "auto, cpu, cuda or cuda:N", r.device)
+    need(
+        dev in ("auto", "cpu", "cuda", "mps") or dev.startswith("cuda:"),
+        "run.device",
+        "auto, cpu, cuda or cuda:N",
+        r.device,
+    )
     for key in ("remove_flops", "remove_params"):
         value = getattr(p, key)
         need(value is None or 0.0 < value < 1.0, f"prune.{key}", "in (0, 1) or null", value)

@@ -8,70 +8,22 @@ on a held-out batch, resamples the proximal mask, applies the guided proximal st
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError, SurgeryError
+from ..errors import CheckpointError, ConfigError, SurgeryError
+from ._utils import EvalMode, HoldoutStream, Masks, call_model, device_of, output_tensors, to_device
 from .config import AtoConfig
 from .controller import Controller
 from .proximal import GroupProximal
-from .resource import Target, resolve_target, resource_loss
+from .resource import Target, calibrated_masks, resolve_target, resource_loss
 from .schedule import Schedule
 
 __all__ = ["AutoTrainOnce"]
-
-Masks = list[torch.Tensor | None]
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
-def _call(model: nn.Module, inputs: Any) -> Any:
-    return model(*inputs) if isinstance(inputs, (tuple, list)) else model(inputs)
-
-
-def _to(obj: Any, device: torch.device) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_to(o, device) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _to(v, device) for k, v in obj.items()}
-    return obj
-
-
-def _tensors(obj: Any) -> list[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, (tuple, list)):
-        return [t for o in obj for t in _tensors(o)]
-    if isinstance(obj, dict):
-        return [t for k in sorted(obj, key=str) for t in _tensors(obj[k])]
-    return []
-
-
-class _EvalMode:
-    """Puts every module of a model in eval mode and restores each module's own flag afterwards."""
-
-    def __init__(self, *models: nn.Module) -> None:
-        self.models = models
-
-    def __enter__(self) -> None:
-        self.saved = [(m, m.training) for model in self.models for m in model.modules()]
-        for model in self.models:
-            model.eval()
-
-    def __exit__(self, *exc: object) -> None:
-        for m, mode in self.saved:
-            m.training = mode
-
 
 class AutoTrainOnce:
     """The ATO pruner for one model and one run.
@@ -118,20 +70,24 @@ class AutoTrainOnce:
         self.prunable = [i for i, g in enumerate(space.groups) if g.prunable]
         groups = [space.groups[i] for i in self.prunable]
         self.generator = torch.Generator().manual_seed(int(cfg.seed))
-        self.controller: Controller | None = Controller(
-            [g.size for g in groups],
-            embed_dim=cfg.embed_dim,
-            hidden_size=cfg.hidden_size,
-            temperature=cfg.temperature,
-            offset=cfg.offset,
-            min_channels=cfg.min_channels,
-            generator=self.generator,
-        ).to(_device_of(model))
+        # The controller's init depends on `seed` only and leaves the global RNG alone, so turning ATO on does
+        # not change the model's init, data order or augmentation draws.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(cfg.seed))
+            self.controller: Controller | None = Controller(
+                [g.size for g in groups],
+                embed_dim=cfg.embed_dim,
+                hidden_size=cfg.hidden_size,
+                temperature=cfg.temperature,
+                offset=cfg.offset,
+                min_channels=cfg.min_channels,
+                generator=self.generator,
+            ).to(device_of(model))
         self.controller_optimizer: torch.optim.Optimizer | None = torch.optim.AdamW(
             self.controller.parameters(), lr=cfg.controller_lr, weight_decay=cfg.controller_weight_decay
         )
         self.proximal = GroupProximal(model, groups)
-        self.holdout = holdout
+        self.holdout = None if holdout is None else HoldoutStream(holdout)
         self.criterion = criterion or F.cross_entropy
         self.global_step = 0
         self.frozen = False
@@ -139,9 +95,23 @@ class AutoTrainOnce:
         self.mask: list[torch.Tensor] | None = None  # bool keep-masks of the prunable groups (CPU)
         self.last: dict[str, float] = {}  # losses of the latest controller step
         self.export_report: dict[str, float] = {}
-        self._holdout_iter: Iterator[Any] | None = None
-        self._holdout_drawn = 0
-        self._holdout_skip = 0
+
+    def set_steps_per_epoch(self, steps_per_epoch: int) -> None:
+        """Resample the proximal mask once per epoch of ``steps_per_epoch`` (unless mask_interval is set)."""
+        if self.config.mask_interval is None:
+            self.schedule = Schedule.build(self.config.schedule(), self.schedule.total_steps, steps_per_epoch)
+
+    def describe(self) -> str:
+        """A short multi-line summary: target, budget, groups, schedule."""
+        b, groups = self.budget, [self.space.groups[i] for i in self.prunable]
+        return "\n".join(
+            [
+                f"ATO target {self.target}: keep p={b.p:.4f} of the prunable {b.target.kind} "
+                f"({b.prunable} of {b.total}; at most {b.max_remove:.1%} removable)",
+                f"{len(groups)} prunable groups, {sum(g.size for g in groups)} channels",
+                "schedule: " + self.schedule.describe(),
+            ]
+        )
 
     # ----------------------------------------------------------------------------------------- masks
     def _full(self, per_prunable: list[torch.Tensor]) -> Masks:
@@ -164,6 +134,25 @@ class AutoTrainOnce:
             raise RuntimeError("the controller was discarded by export(); the mask is final")
         return self.controller
 
+    def _kept_fraction(self, keep: list[torch.Tensor]) -> float:
+        return float(self.budget.kept_fraction(self.target.cost(self.space, self._full(keep))))
+
+    def final_mask(self) -> list[torch.Tensor]:
+        """The mask a freeze would fix now: the controller's noiseless scores thresholded (bool, CPU).
+
+        With ``calibrate_freeze`` the threshold moves from 0 to the value whose mask is closest to the target
+        when the plain threshold misses it by more than the dead zone (the noisy draws the controller was
+        trained on sit on the target; their noiseless mean need not).
+        """
+        if self.frozen or self.controller is None:
+            assert self.mask is not None, "no controller and no mask"
+            return self.mask
+        if not self.config.calibrate_freeze:
+            return self.controller.sample(deterministic=True)
+        cfg = self.config
+        scores = [s.cpu() for s in self.controller.scores()]
+        return calibrated_masks(scores, self._kept_fraction, self.budget.p, cfg.dead_zone, cfg.min_channels)
+
     def freeze(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Fix the mask to the controller's deterministic choice (noiseless logits) and stop the controller.
 
@@ -172,7 +161,7 @@ class AutoTrainOnce:
         """
         if self.frozen:
             return
-        self._set_mask(self._require_controller().sample(deterministic=True))
+        self._set_mask(self.final_mask())
         self.frozen = True
         if self.config.zero_at_freeze:
             opt = optimizer if self.config.reset_optimizer_state else None
@@ -181,7 +170,7 @@ class AutoTrainOnce:
     # ----------------------------------------------------------------------------------------- stepping
     def _sync_device(self) -> None:
         # The trainer may move the model after the pruner was built; the controller follows it.
-        dev = _device_of(self.model)
+        dev = device_of(self.model)
         ctrl = self.controller
         if ctrl is None or ctrl.embeddings.device == dev:
             return
@@ -193,40 +182,26 @@ class AutoTrainOnce:
                     state[k] = v.to(dev)
 
     def _next_holdout(self, batch: Any) -> Any:
-        if self.holdout is None:
-            if batch is None:
-                raise ConfigError(
-                    "AutoTrainOnce needs batches for its controller: pass holdout=<loader of a held-out split> "
-                    "or give the training batch as pruner.step(optimizer, batch=(inputs, targets))"
-                )
-            return batch
-        for _ in range(2):
-            if self._holdout_iter is None:
-                self._holdout_iter = iter(self.holdout)
-                # After a resume, continue where the interrupted run was in the holdout loader.
-                for _ in range(self._holdout_skip):
-                    next(self._holdout_iter, None)
-                self._holdout_skip = 0
-            try:
-                item = next(self._holdout_iter)
-            except StopIteration:
-                self._holdout_iter = None
-                continue
-            self._holdout_drawn += 1
-            return item
-        raise ConfigError("the holdout loader yielded no batch; give it at least one sample")
+        if self.holdout is not None:
+            return self.holdout.next()
+        if batch is None:
+            raise ConfigError(
+                "AutoTrainOnce needs batches for its controller: pass holdout=<loader of a held-out split> "
+                "or give the training batch as pruner.step(optimizer, batch=(inputs, targets))"
+            )
+        return batch
 
     def _controller_step(self, batch: Any) -> None:
         ctrl = self._require_controller()
         opt = self.controller_optimizer
         assert opt is not None
-        inputs, targets = _to(tuple(self._next_holdout(batch))[:2], _device_of(self.model))
+        inputs, targets = to_device(tuple(self._next_holdout(batch))[:2], device_of(self.model))
         ctrl.train()
         params = [p for p in ctrl.parameters() if p.requires_grad]
         with torch.enable_grad():
             soft, hard = ctrl()
-            with _EvalMode(self.model), self.space.masked(self.model, self._full(soft)):
-                task = self.criterion(_call(self.model, inputs), targets)
+            with EvalMode(self.model), self.space.masked(self.model, self._full(soft)):
+                task = self.criterion(call_model(self.model, inputs), targets)
             r = self.budget.kept_fraction(self.target.soft_cost(self.space, self._full(hard)))
             res = resource_loss(r, self.budget.p, self.config.resource_loss, self.config.dead_zone)
             loss = task + 2.0 * self.config.reg_weight * res.to(task.device)
@@ -236,7 +211,9 @@ class AutoTrainOnce:
             p.grad = torch.zeros_like(p) if g is None else g
         opt.step()
         opt.zero_grad(set_to_none=True)
-        self.last.update(task_loss=float(task), resource_loss=float(res), kept_fraction=float(r))
+        self.last.update(
+            task_loss=float(task.detach()), resource_loss=float(res.detach()), kept_fraction=float(r.detach())
+        )
 
     def step(self, optimizer: torch.optim.Optimizer, batch: Any = None) -> None:
         """Call after every ``optimizer.step()`` of the model; does what the schedule says for this step.
@@ -284,7 +261,8 @@ class AutoTrainOnce:
             "ato/params_removed": params,
         }
         if self.controller is not None and not self.frozen:
-            # What the freeze would produce now: the deterministic mask's removal of the target's cost.
+            # The controller's own noiseless choice (plain threshold, before any calibration): watching it
+            # approach the target shows the search converging.
             removed = self._removed(self.controller.sample(deterministic=True))
         else:
             removed = (flops, params)
@@ -343,12 +321,12 @@ class AutoTrainOnce:
             raise SurgeryError(f"{dropped - zero} dropped channels are still non-zero after hard-zeroing")
         masks = self._full(self.mask)
         compact = self.space.prune(self.model, masks)
-        inputs = _to(self.example_inputs, _device_of(self.model))
-        with _EvalMode(self.model, compact):
+        inputs = to_device(self.example_inputs, device_of(self.model))
+        with EvalMode(self.model, compact):
             with self.space.masked(self.model, masks):
-                ref = _tensors(_call(self.model, inputs))
-            dense = _tensors(_call(self.model, inputs))
-            out = _tensors(_call(compact, _to(inputs, _device_of(compact))))
+                ref = output_tensors(call_model(self.model, inputs))
+            dense = output_tensors(call_model(self.model, inputs))
+            out = output_tensors(call_model(compact, to_device(inputs, device_of(compact))))
         if len(ref) != len(out):
             raise SurgeryError(f"the compact model returns {len(out)} tensors, the masked model {len(ref)}")
         diff = max((float((a.float() - b.float().to(a.device)).abs().max()) for a, b in zip(ref, out)), default=0.0)
@@ -378,7 +356,7 @@ class AutoTrainOnce:
             else self.controller_optimizer.state_dict(),
             "generator": self.generator.get_state(),
             "mask": None if self.mask is None else [m.clone() for m in self.mask],
-            "holdout_drawn": self._holdout_drawn,
+            "holdout_drawn": 0 if self.holdout is None else self.holdout.drawn,
             "last": dict(self.last),
         }
 
@@ -392,8 +370,17 @@ class AutoTrainOnce:
                 f"{self.schedule.total_steps}; the schedule boundaries move",
                 stacklevel=2,
             )
+        sizes = [self.space.groups[i].size for i in self.prunable]
+        if state["mask"] is not None and [len(m) for m in state["mask"]] != sizes:
+            raise CheckpointError(
+                f"the ATO state holds masks of sizes {[len(m) for m in state['mask']]}, but this model's prunable "
+                f"groups have sizes {sizes}; the checkpoint belongs to another model"
+            )
         if state["controller"] is not None and self.controller is not None:
-            self.controller.load_state_dict(state["controller"])
+            try:
+                self.controller.load_state_dict(state["controller"])
+            except RuntimeError as e:
+                raise CheckpointError(f"the ATO controller state does not fit this model: {e}") from e
             assert self.controller_optimizer is not None
             self.controller_optimizer.load_state_dict(state["controller_optimizer"])
         elif state["controller"] is None:
@@ -408,8 +395,5 @@ class AutoTrainOnce:
         else:
             self.mask = None
         self.last = {str(k): float(v) for k, v in state["last"].items()}
-        drawn = int(state["holdout_drawn"])
-        self._holdout_drawn = drawn
-        self._holdout_iter = None
-        length = len(self.holdout) if hasattr(self.holdout, "__len__") else 0  # type: ignore[arg-type]
-        self._holdout_skip = drawn % length if length else 0
+        if self.holdout is not None:
+            self.holdout.resume(int(state["holdout_drawn"]))

@@ -42,6 +42,7 @@ class AtoConfig:
     # exactness and reproducibility
     reset_optimizer_state: bool = True
     zero_at_freeze: bool = True
+    calibrate_freeze: bool = True
     tolerance: float = 1e-4
     seed: int = 0
 

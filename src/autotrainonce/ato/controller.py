@@ -90,10 +90,16 @@ class Controller(nn.Module):
             if self.training:
                 z = z + self._noise(z.numel(), z)
             soft = torch.sigmoid(z / self.temperature)
-            hard = self._keep_min((soft >= 0.5).to(soft.dtype), soft)
+            # z >= 0 is soft >= 0.5 without the rounding of the sigmoid near 0.5.
+            hard = self._keep_min((z >= 0).to(soft.dtype), soft)
             soft_list.append(soft)
             hard_list.append(hard - soft.detach() + soft)
         return soft_list, hard_list
+
+    @torch.no_grad()
+    def scores(self) -> list[torch.Tensor]:
+        """Noiseless ``logits + b`` per group: the deterministic mask keeps the channels with score >= 0."""
+        return [(logit + self.offset).detach() for logit in self.logits()]
 
     @torch.no_grad()
     def sample(self, deterministic: bool = False) -> list[torch.Tensor]:

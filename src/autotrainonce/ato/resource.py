@@ -8,7 +8,7 @@ resource loss compares the controller's achieved fraction ``r`` with ``p``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -23,6 +23,7 @@ __all__ = [
     "Budget",
     "resolve_target",
     "resource_loss",
+    "calibrated_masks",
     "RESOURCE_LOSSES",
 ]
 
@@ -44,6 +45,7 @@ class Target:
 
     remove: float
     kind = "cost"
+    label = "cost"  # how messages name the cost
 
     def __post_init__(self) -> None:
         r = self.remove
@@ -67,6 +69,7 @@ class Flops(Target):
     """Remove a fraction of the network's multiply-accumulates (MACs)."""
 
     kind = "flops"
+    label = "MACs"
 
     def cost(self, space: _Space, masks: Any = None) -> int:
         return int(space.flops(masks))
@@ -80,6 +83,7 @@ class Params(Target):
     """Remove a fraction of the network's parameters."""
 
     kind = "params"
+    label = "parameters"
 
     def cost(self, space: _Space, masks: Any = None) -> int:
         return int(space.params(masks))
@@ -142,13 +146,13 @@ def resolve_target(target: Target, space: _Space) -> Budget:
     prunable = total - fixed
     if total <= 0 or prunable <= 0:
         raise TargetError(
-            f"cannot reach {target}: the prunable channel groups carry no {target.kind} "
+            f"cannot reach {target}: the prunable channel groups carry no {target.label} "
             f"(total {total}, all of it in unprunable layers)"
         )
     p = ((1.0 - target.remove) * total - fixed) / prunable
     if p <= 0.0:
         raise TargetError(
-            f"cannot reach {target}: at most {prunable / total:.1%} of the network's {target.kind} can be "
+            f"cannot reach {target}: at most {prunable / total:.1%} of the network's {target.label} can be "
             f"removed, because {fixed / total:.1%} ({fixed} of {total}) sits in layers that cannot be pruned "
             "(network inputs/outputs, unsupported ops, unprunable groups); ask for less than "
             f"remove={prunable / total:.3f}"
@@ -172,3 +176,51 @@ def resource_loss(r: torch.Tensor, p: float, kind: str = "log_ratio", dead_zone:
     above = torch.log(torch.clamp(r, min=p + dead_zone) / p)
     below = torch.log(p / torch.clamp(r, max=low).clamp(min=1e-12))
     return torch.where(r > p, above, below)
+
+
+def _threshold(scores: Sequence[torch.Tensor], theta: float, min_channels: int) -> list[torch.Tensor]:
+    out = []
+    for s in scores:
+        keep = s >= theta
+        k = min(min_channels, s.numel())
+        if k > 0 and int(keep.sum()) < k:
+            keep[torch.topk(s, k).indices] = True
+        out.append(keep)
+    return out
+
+
+def calibrated_masks(
+    scores: Sequence[torch.Tensor],
+    kept_fraction: Callable[[list[torch.Tensor]], float],
+    p: float,
+    dead_zone: float = 0.005,
+    min_channels: int = 1,
+) -> list[torch.Tensor]:
+    """Keep-masks ``score >= theta`` with one global ``theta`` chosen so that the kept fraction is closest to ``p``.
+
+    ``theta = 0`` (the controller's own threshold) is kept when it already lands within ``dead_zone`` of ``p``;
+    otherwise ``theta`` moves to the score whose mask comes closest. The kept fraction only falls as ``theta``
+    rises, so a binary search over the sorted scores needs about log2(channels) cost evaluations.
+    """
+    base = _threshold(scores, 0.0, min_channels)
+    if abs(kept_fraction(base) - p) <= dead_zone:
+        return base
+    cands = torch.unique(torch.cat([s.detach().float().cpu().flatten() for s in scores])).tolist()
+    memo: dict[int, float] = {}
+
+    def r(k: int) -> float:
+        if k not in memo:
+            memo[k] = kept_fraction(_threshold(scores, cands[k], min_channels))
+        return memo[k]
+
+    lo, hi = 0, len(cands) - 1
+    if r(hi) > p:
+        return _threshold(scores, cands[hi], min_channels)
+    while lo < hi:  # smallest k whose mask keeps at most p
+        mid = (lo + hi) // 2
+        if r(mid) <= p:
+            hi = mid
+        else:
+            lo = mid + 1
+    best = lo - 1 if lo > 0 and abs(r(lo - 1) - p) < abs(r(lo) - p) else lo
+    return _threshold(scores, cands[best], min_channels)

@@ -34,10 +34,58 @@ def as_input_tuple(example_inputs: Any) -> tuple[Any, ...]:
     )
 
 
+def _function_leaf(cls: type) -> Any:
+    """A plain function calling ``cls.apply``: the graph target standing for a custom autograd.Function."""
+
+    def apply(*args: Any, **kwargs: Any) -> Any:
+        return cls.apply(*args, **kwargs)
+
+    apply.__name__ = f"{cls.__name__}_apply"
+    apply.__qualname__ = apply.__name__
+    apply.__module__ = cls.__module__
+    apply.ato_autograd_function = cls  # type: ignore[attr-defined]  # read by the op rules
+    return apply
+
+
+class _Tracer(fx.Tracer):
+    """fx tracer that keeps custom ``torch.autograd.Function``s as leaf calls.
+
+    Plain fx runs a Function's forward on proxies, which loses its custom backward from the graph's point of
+    view and fails outright when forward leaves torch (numpy, C extensions). As a leaf, the function is one
+    node that the op rules do not know, so its channels stay unprunable and a warning names it.
+    """
+
+    def trace(self, root: Any, concrete_args: Any = None) -> fx.Graph:
+        original = torch.autograd.Function.__dict__["apply"]
+        tracer = self
+        leaves: dict[type, Any] = {}
+
+        def apply(cls: type, *args: Any, **kwargs: Any) -> Any:
+            found: list[bool] = []
+            torch.utils._pytree.tree_map(lambda v: found.append(isinstance(v, fx.Proxy)), (args, kwargs))
+            if not any(found):
+                return original.__func__(cls, *args, **kwargs)
+            leaf = leaves.setdefault(cls, _function_leaf(cls))
+            return tracer.create_proxy("call_function", leaf, args, kwargs)
+
+        # Function.apply is a classmethod looked up on each subclass, so one class attribute covers them all;
+        # it is restored before trace returns.
+        torch.autograd.Function.apply = classmethod(apply)  # type: ignore[method-assign, assignment]
+        try:
+            return super().trace(root, concrete_args)
+        finally:
+            torch.autograd.Function.apply = original  # type: ignore[method-assign]
+
+
 def trace(model: nn.Module) -> fx.GraphModule:
-    """Symbolically trace ``model`` (torch.nn modules stay leaves). Raises TraceError naming the cause."""
+    """Symbolically trace ``model`` (torch.nn modules and custom autograd Functions stay leaves).
+
+    Raises TraceError naming the cause.
+    """
     try:
-        return fx.symbolic_trace(model)
+        graph = _Tracer().trace(model)
+        name = type(model).__name__
+        return fx.GraphModule(model, graph, name)
     except Exception as e:  # fx raises many kinds; all mean "cannot trace this forward"
         raise TraceError(
             f"torch.fx could not trace {type(model).__name__}: {type(e).__name__}: {e}. "

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -11,21 +12,25 @@ import torch.fx as fx
 from torch import nn
 
 from ..errors import TraceError
-from ..graph.tracing import annotate_shapes, as_input_tuple, trace
+from ..graph.tracing import SHAPE, annotate_shapes, as_input_tuple, trace
 from .groups import ChannelGroup, GatePoint, Member
-from .propagate import ATOMS, Atoms, Propagation
+from .propagate import ATOMS, Propagation, op_label
 from .pruning_space import ParamDim, PruningSpace
-from .rules import apply_rule
+from .rules import Rule, apply_rule
 
 __all__ = ["discover"]
 
 
-def discover(model: nn.Module, example_inputs: Any) -> PruningSpace:
+def discover(
+    model: nn.Module, example_inputs: Any, *, rules: Mapping[Any, Rule] | None = None
+) -> PruningSpace:
     """Trace ``model`` on ``example_inputs`` and return its :class:`PruningSpace`. The model is not modified.
 
     Channels that cannot be removed without changing the function (network inputs and outputs, channels that
     reach an op without a rule) are grouped as unprunable; an unsupported op warns once, naming itself and its
-    module. A model that torch.fx cannot trace gives a space with no prunable group and a warning.
+    module. ``rules`` adds op rules for this call only (same keys as :func:`register_op_rule`), taking
+    precedence over the global table. A model that torch.fx cannot trace falls back to torch.export for exact
+    dense cost, with no prunable group and a warning.
     """
     inputs = as_input_tuple(example_inputs)
     try:
@@ -35,38 +40,29 @@ def discover(model: nn.Module, example_inputs: Any) -> PruningSpace:
         return _untraceable_space(model, inputs)
     annotate_shapes(gm, inputs)
     ctx = Propagation(gm)
-    _count_module_calls(ctx)
+    calls = Counter(str(n.target) for n in gm.graph.nodes if n.op == "call_module")
     for node in gm.graph.nodes:
         ctx.node = node
         if node.op in ("placeholder", "get_attr"):
             node.meta[ATOMS] = None  # network inputs and constants: fixed channels
         elif node.op == "output":
-            for n in ctx.tensor_args(node):
-                a = ctx.atoms(n)
-                if a is not None:
-                    ctx.mark(a.ids, "network output")
-                _const_tuple(ctx, n)
-        elif node.op == "call_module" and ctx.call_counts.get(str(node.target), 0) > 1:
+            for a in ctx.input_atoms(node):
+                ctx.mark(a.ids, "network output")
+        elif node.op == "call_module" and calls[str(node.target)] > 1 and _has_state(ctx.modules[str(node.target)]):
+            # one set of weights seen with two sets of channels: slicing it for one call would break the other
             ctx.unknown(node, f"{type(ctx.modules[str(node.target)]).__name__} called more than once")
             node.meta[ATOMS] = None
-            ctx.const_flops += int(node.meta.get("ato.flops", 0))
         else:
-            node.meta[ATOMS] = apply_rule(ctx, node)
+            node.meta[ATOMS] = apply_rule(ctx, node, rules)
+            if node.meta[ATOMS] is None and isinstance(node.meta.get(SHAPE), torch.Size):
+                # channels that stop being tracked can no longer be gated: whatever the rule said, keep them
+                ctx.keep(node, f"channels not followed through {op_label(node, ctx.modules)}")
+        ctx.add_const(node)  # every node's FLOPs are counted once: as a cost item, or here as a constant
     return _assemble(model, gm, ctx, inputs)
 
 
-def _const_tuple(ctx: Propagation, n: fx.Node) -> None:
-    value = n.meta.get(ATOMS)
-    if isinstance(value, tuple):
-        for a in value:
-            if isinstance(a, Atoms):
-                ctx.mark(a.ids, "network output")
-
-
-def _count_module_calls(ctx: Propagation) -> None:
-    for node in ctx.gm.graph.nodes:
-        if node.op == "call_module":
-            ctx.call_counts[str(node.target)] = ctx.call_counts.get(str(node.target), 0) + 1
+def _has_state(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters(recurse=True)) or any(True for _ in module.buffers(recurse=True))
 
 
 def _assemble(model: nn.Module, gm: fx.GraphModule, ctx: Propagation, inputs: tuple) -> PruningSpace:

@@ -20,9 +20,9 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from ..graph.tracing import SHAPE, node_module_path
+from ..graph.tracing import FLOPS, SHAPE, node_module_path
 
-__all__ = ["Atoms", "Propagation", "ParamKey", "CostItem"]
+__all__ = ["Atoms", "Propagation", "ParamKey", "CostItem", "DimRef", "arg", "op_label"]
 
 ATOMS = "ato.atoms"
 
@@ -50,14 +50,27 @@ class TensorRecord:
 
 
 @dataclass(frozen=True)
+class DimRef:
+    """One factor of a cost: the kept length of a parameter dim or of a recorded activation.
+
+    ``kind`` is "param" (``key`` is a (module, attribute) pair of ``param_dims``, ``dim`` its dimension) or
+    "act" (``key`` is a key of the space's ``activations``; ``dim`` unused). ``size`` is the full length, used
+    when nothing along it is tracked (an untracked dim is always kept whole).
+    """
+
+    kind: str
+    key: tuple[str, str]
+    dim: int
+    size: int
+
+
+@dataclass(frozen=True)
 class CostItem:
-    """MACs = unit * kept(dim a) * kept(dim b) for one weighted op (conv, linear)."""
+    """MACs = unit * product of the kept lengths of ``factors``, for one op (conv, linear, matmul)."""
 
     node: str
     unit: int
-    a: tuple[ParamKey, int]
-    b: tuple[ParamKey, int]
-    sizes: tuple[int, int]  # full sizes of dims a and b (an untracked dim is always kept whole)
+    factors: tuple[DimRef, ...]
 
 
 class Propagation:
@@ -74,6 +87,7 @@ class Propagation:
         self.activations: dict[tuple[str, str], torch.Tensor] = {}  # (module, "in"/"out") -> atoms (-1 fixed)
         self.costs: list[CostItem] = []
         self.const_flops = 0  # FLOPs (not MACs) of ops whose cost does not depend on masks
+        self.accounted: set[str] = set()  # nodes whose FLOPs are already in const_flops or costs
         self.warned: set[tuple[str, str]] = set()
         self.call_counts: dict[str, int] = {}
         self.node: fx.Node | None = None
@@ -145,11 +159,39 @@ class Propagation:
     def where(self, node: fx.Node) -> str:
         return node_module_path(node)
 
+    def ndim(self, arg: Any) -> int:
+        s = self.shape(arg)
+        return len(s) if s is not None else 0
+
+    @staticmethod
+    def first(node: fx.Node) -> Any:
+        """The node's first input (positional, else the first keyword)."""
+        return node.args[0] if node.args else next(iter(node.kwargs.values()))
+
+    def module(self, node: fx.Node) -> tuple[str, nn.Module]:
+        """(path, module) of a call_module node."""
+        path = str(node.target)
+        return path, self.modules[path]
+
     # -- outcomes ----------------------------------------------------------------------------------------
+    def input_atoms(self, node: fx.Node) -> list[Atoms]:
+        """Atoms of every tracked tensor the node reads (tuple-valued inputs included)."""
+        found: list[Atoms] = []
+        for n in self.tensor_args(node):
+            value = n.meta.get(ATOMS)
+            values = value if isinstance(value, tuple) else (value,)
+            found += [a for a in values if isinstance(a, Atoms)]
+        return found
+
+    def keep(self, node: fx.Node, why: str) -> None:
+        """A known op that makes every channel it reads unprunable (no warning: the reason says why)."""
+        for a in self.input_atoms(node):
+            self.mark(a.ids, f"{why} at {self.where(node)}")
+
     def unknown(self, node: fx.Node, what: str | None = None) -> None:
         """The op is not understood: every channel it touches becomes unprunable; warn once per op."""
-        touched = [a for a in (self.atoms(n) for n in self.tensor_args(node)) if a is not None]
-        label = what or _op_label(node, self.modules)
+        touched = self.input_atoms(node)
+        label = what or op_label(node, self.modules)
         reason = f"used by unsupported op {label} at {self.where(node)}"
         for a in touched:
             self.mark(a.ids, reason)
@@ -163,8 +205,28 @@ class Propagation:
                 stacklevel=3,
             )
 
+    def add_const(self, node: fx.Node) -> None:
+        """Count ``node``'s FLOPs as independent of the masks (once per node, whoever asks)."""
+        if node.name not in self.accounted:
+            self.accounted.add(node.name)
+            self.const_flops += int(node.meta.get(FLOPS, 0))
+
+    def add_cost(self, node: fx.Node, unit: int, factors: tuple[DimRef, ...]) -> None:
+        """Count ``node``'s MACs as ``unit`` times the product of the kept lengths of ``factors``."""
+        if node.name not in self.accounted:
+            self.accounted.add(node.name)
+            self.costs.append(CostItem(node.name, unit, factors))
+
     def record(self, key: ParamKey, kind: str, dim: int, ids: torch.Tensor, role: str) -> None:
+        """``key``'s positions along ``dim`` hold channels ``ids`` (a tensor used twice ties both uses)."""
         rec = self.tensors.setdefault(key, TensorRecord(kind))
+        old = rec.dims.get(dim)
+        if old is not None and old.numel() == ids.numel():
+            self.union(old, ids)
+            return
+        if old is not None:  # two uses disagree on the length: nothing along this dim may go
+            self.mark(old, f"{key[0]}.{key[1]} used with different channel counts")
+            self.mark(ids, f"{key[0]}.{key[1]} used with different channel counts")
         rec.dims[dim] = ids
         rec.role[dim] = role
 
@@ -173,12 +235,23 @@ class Propagation:
             self.gates.append((module, dim, atoms.ids))
 
 
-def _op_label(node: fx.Node, modules: dict[str, nn.Module]) -> str:
+def arg(node: fx.Node, i: int, name: str, default: Any = None) -> Any:
+    """Argument ``i`` of a call, given positionally or as keyword ``name``."""
+    if len(node.args) > i:
+        return node.args[i]
+    return node.kwargs.get(name, default)
+
+
+def op_label(node: fx.Node, modules: dict[str, nn.Module]) -> str:
+    """A readable name of the op a node calls, for messages."""
     if node.op == "call_module":
         return type(modules[str(node.target)]).__name__
     if node.op == "call_method":
         return f"Tensor.{node.target}"
     target = node.target
+    fn = getattr(target, "ato_autograd_function", None)
+    if fn is not None:  # a custom autograd.Function kept as a leaf by the tracer
+        return f"{fn.__qualname__}.apply (custom autograd.Function)"
     name = getattr(target, "__name__", str(target))
     mod = getattr(target, "__module__", "") or ""
     return f"{mod}.{name}" if mod and not mod.startswith("_operator") else name

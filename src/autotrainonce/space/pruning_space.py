@@ -12,7 +12,7 @@ from torch import nn
 
 from ..errors import UnsupportedOpError
 from .groups import ChannelGroup
-from .propagate import CostItem
+from .propagate import CostItem, DimRef
 
 __all__ = ["PruningSpace", "ParamDim", "Masks"]
 
@@ -122,14 +122,18 @@ class PruningSpace:
     def _macs(self, masks: list[torch.Tensor | None], soft: bool) -> Any:
         total: Any = self.const_macs
         for c in self.costs:
-            a = self._kept_dim(c.a, c.sizes[0], masks, soft)
-            b = self._kept_dim(c.b, c.sizes[1], masks, soft)
-            total = total + c.unit * a * b
+            term: Any = c.unit
+            for ref in c.factors:
+                term = term * self._kept(ref, masks, soft)
+            total = total + term
         return total
 
-    def _kept_dim(self, where: tuple, size: int, masks: list, soft: bool) -> Any:
-        pd = self.param_dims.get(where[0], {}).get(where[1])
-        return size if pd is None else pd.kept(masks, soft)
+    def _kept(self, ref: DimRef, masks: list, soft: bool) -> Any:
+        if ref.kind == "act":
+            pd = self.activations.get(ref.key)
+        else:
+            pd = self.param_dims.get(ref.key, {}).get(ref.dim)
+        return ref.size if pd is None else pd.kept(masks, soft)
 
     def _params(self, masks: list[torch.Tensor | None], soft: bool) -> Any:
         total: Any = 0

@@ -86,6 +86,20 @@ def _slice(t: torch.Tensor, dims: dict, masks: list) -> torch.Tensor:
     return out.contiguous()
 
 
+def _emptied(space: PruningSpace, path: str, name: str, dims: dict, masks: list) -> str:
+    groups = {
+        space.groups[int(g)].name
+        for pd in dims.values()
+        if pd.keep_index(masks).numel() == 0
+        for g in torch.unique(pd.gid[pd.gid >= 0])
+    }
+    return (
+        f"the masks remove every channel of {path}.{name} (groups {sorted(groups)}); a layer cannot shrink to zero "
+        "width. Keep at least one of its channels (a group tied through chunk/split can hold channels that this "
+        "layer does not produce, so one kept channel per group is not always enough)."
+    )
+
+
 def prune_model(space: PruningSpace, model: nn.Module, masks: list, *, check: bool = True) -> nn.Module:
     """Implementation of :meth:`PruningSpace.prune`."""
     compact = copy.deepcopy(model)
@@ -99,12 +113,15 @@ def prune_model(space: PruningSpace, model: nn.Module, masks: list, *, check: bo
             new = _slice(old.detach(), dims, masks)
             if new.shape == old.shape:
                 continue
+            if new.numel() == 0:
+                raise ValueError(_emptied(space, path, name, dims, masks))
             if isinstance(old, nn.Parameter):
                 setattr(mod, name, nn.Parameter(new, requires_grad=old.requires_grad))
             else:
                 mod.register_buffer(name, new, persistent=name not in mod._non_persistent_buffers_set)
             touched.add(path)
-        for path in sorted(touched | {p for p, _ in space.activations}):
+        # activations keyed (module path, "in"/"out") name modules; other keys (matmul costs) name graph nodes
+        for path in sorted(touched | {p for p, kind in space.activations if kind in ("in", "out")}):
             mod = compact.get_submodule(path)
             fixer = ATTRIBUTE_FIXERS.get(type(mod))
             if fixer is not None:

@@ -68,7 +68,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"no checkpoint at {str(path)!r}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError... depending on the damage
+    except (
+        Exception
+    ) as exc:  # torch raises RuntimeError, EOFError, UnpicklingError... depending on the damage
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
             f"checkpoint {str(path)!r} is corrupt or truncated ({reason[:200]}); "

@@ -34,9 +34,13 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     except RuntimeError:
         raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} was asked for but CUDA is not available; use --device cpu or auto")
+        raise ConfigError(
+            f"device {device!r} was asked for but CUDA is not available; use --device cpu or auto"
+        )
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ConfigError(f"device {device!r} does not exist; this machine has {torch.cuda.device_count()} GPU(s)")
+        raise ConfigError(
+            f"device {device!r} does not exist; this machine has {torch.cuda.device_count()} GPU(s)"
+        )
     return dev
 
 

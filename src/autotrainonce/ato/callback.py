@@ -1,0 +1,114 @@
+"""The ATO pruner as a Trainer callback, and the factory the CLI calls."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from torch.optim import Optimizer
+
+from ..errors import ConfigError
+from ..training.callbacks import Callback
+from .algorithm import AutoTrainOnce
+from .resource import Flops, Params, Target
+
+__all__ = ["AtoCallback", "make_callback", "MASK_FILE", "WIDTHS_FILE"]
+
+MASK_FILE = "mask.json"
+WIDTHS_FILE = "widths.png"
+
+
+class AtoCallback(Callback):
+    """Runs :class:`AutoTrainOnce` inside ``Trainer.fit``: one pruner step after every optimizer step.
+
+    Writes ``mask.json`` into the run directory when the mask freezes (and ``widths.png`` at the end).
+    """
+
+    def __init__(self, pruner: AutoTrainOnce) -> None:
+        self.pruner = pruner
+        self._warned_step = False
+
+    @property
+    def state_key(self) -> str:
+        return "ato"
+
+    def on_fit_start(self, trainer: Any) -> None:
+        spe = getattr(trainer, "steps_per_epoch", None)
+        if spe:
+            self.pruner.set_steps_per_epoch(int(spe))
+
+    def on_after_optimizer_step(self, trainer: Any, optimizer: Optimizer) -> None:
+        p = self.pruner
+        expected = int(trainer.global_step) - 1
+        if p.global_step != expected:
+            # The trainer's step counter is the truth (e.g. a resume from a checkpoint without ATO state).
+            if not self._warned_step:
+                warnings.warn(
+                    f"ATO step counter {p.global_step} != trainer step {expected}; following the trainer",
+                    stacklevel=2,
+                )
+                self._warned_step = True
+            p.global_step = expected
+        was_frozen = p.frozen
+        p.step(optimizer)
+        if p.frozen and not was_frozen:
+            self.write_mask(getattr(trainer, "run_dir", None))
+
+    def on_train_epoch_end(self, trainer: Any, epoch: int) -> dict[str, float] | None:
+        return self.pruner.metrics()
+
+    def on_fit_end(self, trainer: Any) -> None:
+        run_dir = getattr(trainer, "run_dir", None)
+        if run_dir is None or self.pruner.mask is None:
+            return
+        self.write_mask(run_dir)
+        from .plots import plot_widths
+
+        plot_widths(self.pruner.mask_summary(), Path(run_dir) / WIDTHS_FILE)
+
+    def write_mask(self, run_dir: str | Path | None) -> Path | None:
+        """Write the current mask per group to ``run_dir/mask.json``; returns the path (None without a dir)."""
+        if run_dir is None:
+            return None
+        path = Path(run_dir) / MASK_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.pruner.mask_summary(), indent=1))
+        return path
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.pruner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.pruner.load_state_dict(state)
+
+    def export(self) -> nn.Module:
+        """The physically pruned model (see :meth:`AutoTrainOnce.export`)."""
+        return self.pruner.export()
+
+
+def _target(prune_cfg: Any) -> Target:
+    flops = getattr(prune_cfg, "remove_flops", None)
+    params = getattr(prune_cfg, "remove_params", None)
+    if (flops is None) == (params is None):
+        raise ConfigError(
+            "ATO needs exactly one target: set prune.remove_flops (fraction of MACs) or prune.remove_params "
+            f"(fraction of parameters), got remove_flops={flops!r}, remove_params={params!r}"
+        )
+    return Flops(remove=float(flops)) if flops is not None else Params(remove=float(params))
+
+
+def make_callback(
+    prune_cfg: Any, model: nn.Module, example_inputs: Any, holdout_loader: Any, total_steps: int
+) -> AtoCallback:
+    """Build the ATO callback from a prune config (``.method``, ``.remove_flops``/``.remove_params``, ``.options``)."""
+    method = str(getattr(prune_cfg, "method", "ato")).lower()
+    if method not in ("ato", "autotrainonce"):
+        raise ConfigError(f"make_callback builds the 'ato' method, not {method!r}")
+    options = dict(getattr(prune_cfg, "options", None) or {})
+    pruner = AutoTrainOnce(
+        model, example_inputs, _target(prune_cfg), holdout=holdout_loader, total_steps=int(total_steps), **options
+    )
+    return AtoCallback(pruner)

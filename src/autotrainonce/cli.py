@@ -1,0 +1,325 @@
+"""The ``ato`` command line: train, eval, info and demo.
+
+User errors (bad flags, unknown names, missing data, bad configs or checkpoints) print one ``error: ...`` line
+on stderr and exit with status 2; ``--verbose`` adds the traceback. Run ``ato COMMAND --help`` for the flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import yaml
+
+from .config import Config, config_from_dict, load_config, merge_overrides
+from .errors import CheckpointError, ConfigError, UserError
+
+__all__ = ["main", "build_parser", "DEMO_CONFIG", "demo_config", "parse_input_shape"]
+
+log = logging.getLogger("autotrainonce")
+
+#: Settings of ``ato demo``; configs/demo.yaml holds the same values with comments (a test keeps them equal).
+#: The dict is the fallback when the package is installed without the repository's configs/ folder.
+DEMO_CONFIG: dict[str, Any] = {
+    "model": {"name": "resnet20"},
+    "data": {
+        "name": "fashion-mnist",
+        "augment": False,
+        "batch_size": 128,
+        "eval_batch_size": 500,
+        "workers": 0,
+    },
+    "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5.0e-4},
+    "schedule": {"name": "cosine", "warmup_epochs": 0.1},
+    "run": {"epochs": 1, "seed": 0, "out_dir": "runs", "name": "demo"},
+    "prune": {"method": "none"},
+}
+_REPO_DEMO_YAML = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but its errors are one ``error:`` line like every other user error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
+
+
+def demo_config() -> Config:
+    """The demo's config: configs/demo.yaml when running from the repository, else :data:`DEMO_CONFIG`."""
+    if _REPO_DEMO_YAML.is_file():
+        return load_config(_REPO_DEMO_YAML)
+    return config_from_dict(DEMO_CONFIG)
+
+
+def parse_input_shape(text: str) -> tuple[int, int, int]:
+    """``"3x32x32"`` (C x H x W; commas also accepted) -> (3, 32, 32); anything else is a ConfigError."""
+    parts = re.split(r"[x,×]", text.strip().lower())
+    if len(parts) != 3 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise ConfigError(f"bad --input {text!r}: expected CxHxW with positive integers, e.g. 3x32x32")
+    c, h, w = (int(p) for p in parts)
+    return c, h, w
+
+
+# ------------------------------------------------------------------------------------------------------------
+# commands
+
+
+def _parse_set(items: Sequence[str] | None) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"bad --set {item!r}: expected SECTION.KEY=VALUE, e.g. optim.lr=0.05")
+        if "." not in key:
+            raise ConfigError(f"bad --set {item!r}: the key needs its section, e.g. optim.{key.strip()}")
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)  # so "0.1", "true", "[1, 2]" get their types
+        except yaml.YAMLError:
+            raise ConfigError(f"bad --set {item!r}: the value is not valid YAML") from None
+    return overrides
+
+
+def _train_config(args: argparse.Namespace) -> Config:
+    """Defaults < --config file < --set KEY=VALUE < dedicated flags."""
+    cfg = load_config(args.config) if args.config else Config()
+    cfg = merge_overrides(cfg, _parse_set(args.set))
+    channels_last = {"auto": "auto", "true": True, "false": False}.get(args.channels_last or "")
+    flags = {
+        "model": {"name": args.model, "num_classes": args.num_classes},
+        "data": {
+            "name": args.data, "root": args.data_root, "batch_size": args.batch_size, "workers": args.workers,
+            "train_subset": args.train_subset,
+        },
+        "optim": {"name": args.optimizer, "lr": args.lr, "weight_decay": args.weight_decay},
+        "run": {
+            "epochs": args.epochs, "seed": args.seed, "device": args.device, "out_dir": args.out_dir,
+            "name": args.name, "resume": args.resume, "max_steps_per_epoch": args.max_steps_per_epoch,
+            "tensorboard": args.tensorboard, "amp": args.amp, "channels_last": channels_last,
+        },
+        "prune": {"method": args.prune, "remove_flops": args.remove_flops, "remove_params": args.remove_params},
+    }  # fmt: skip
+    return merge_overrides(cfg, flags)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training.run import run_training
+
+    run_training(_train_config(args))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .training.run import run_training
+
+    cfg = merge_overrides(
+        demo_config(),
+        {
+            "run": {
+                "device": args.device,
+                "out_dir": args.out_dir,
+                "max_steps_per_epoch": args.max_steps_per_epoch,
+            }
+        },
+    )
+    result = run_training(cfg)
+    top1 = result.metrics.get("test_top1", 0.0)
+    print(
+        f"demo: {cfg.model.name} reached {top1:.2f}% test top-1 on {cfg.data.name} after {cfg.run.epochs} "
+        f"epoch(s) in {result.seconds:.0f}s; outputs in {result.run_dir}"
+    )
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import models
+    from .measure import count_macs, count_params, format_count
+
+    c, h, w = parse_input_shape(args.input)
+    model = models.create(args.model, num_classes=args.num_classes, in_channels=c)
+    example = torch.zeros(1, c, h, w)
+    try:
+        macs = count_macs(model, example)
+    except RuntimeError as exc:  # e.g. an input too small for the network's downsampling
+        raise ConfigError(
+            f"model {args.model!r} cannot run on a {args.input} input: {str(exc).splitlines()[0]}"
+        ) from None
+    params = count_params(model)
+    print(f"Model:       {args.model}")
+    print(f"Input:       1x{c}x{h}x{w}")
+    print(f"Classes:     {args.num_classes}")
+    print(f"Parameters:  {format_count(params)} ({params:,})")
+    print(f"MACs:        {format_count(macs)} ({macs:,})")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from torch.utils.data import DataLoader
+
+    from . import data, models
+    from .training import evaluate_model, load_checkpoint, load_model_state, resolve_device
+    from .training.run import format_table
+
+    ckpt = load_checkpoint(args.checkpoint)
+    if not ckpt.get("config"):
+        raise CheckpointError(
+            f"checkpoint {args.checkpoint} has no config; it was not written by 'ato train'"
+        )
+    try:
+        cfg = config_from_dict(ckpt["config"])
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint {args.checkpoint} holds an invalid config: {exc}") from None
+    cfg = merge_overrides(
+        cfg, {"data": {"name": args.data, "root": args.data_root}, "run": {"device": args.device}}
+    )
+    device = resolve_device(cfg.run.device)
+    info = data.info(cfg.data.name, root=cfg.data.root, **cfg.data.options)
+    ch = cfg.model.in_channels if cfg.model.in_channels not in (None, info.in_channels) else None
+    transform = data.build_transform(info, False, image_size=cfg.data.image_size, in_channels=ch)
+    test = data.create(cfg.data.name, "test", root=cfg.data.root, transform=transform, **cfg.data.options)
+    model = models.create(
+        cfg.model.name, num_classes=cfg.model.num_classes or info.num_classes,
+        in_channels=cfg.model.in_channels or info.in_channels, **cfg.model.kwargs,
+    )  # fmt: skip
+    load_model_state(model, ckpt["model"], f"checkpoint {args.checkpoint}")
+    loader = DataLoader(test, batch_size=args.batch_size or cfg.data.eval_batch_size, num_workers=0)
+    metrics = evaluate_model(model.to(device), loader, device)
+    rows = [
+        ("checkpoint", f"{args.checkpoint} (epoch {ckpt.get('epoch')})"),
+        ("model", cfg.model.name),
+        ("data", f"{cfg.data.name} test, {len(test)} images"),  # type: ignore[arg-type]
+        ("test loss", f"{metrics['loss']:.4f}"),
+        ("test top-1", f"{metrics['top1']:.2f}%"),
+    ]
+    if "top5" in metrics:
+        rows.append(("test top-5", f"{metrics['top5']:.2f}%"))
+    print(format_table("Evaluation", rows))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------------
+# parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``ato`` argument parser."""
+    # Sub-commands also accept --verbose; SUPPRESS keeps their default from hiding a top-level --verbose.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks and debug logs")  # fmt: skip
+    parser = _Parser(prog="ato", description="Train a network from scratch and prune it in the same run.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    train = sub.add_parser("train", parents=[common], help="train (and optionally prune) a model")
+    train.add_argument("--config", help="YAML config file (see configs/)")
+    train.add_argument(
+        "--set",
+        action="append",
+        metavar="SECTION.KEY=VALUE",
+        help="override any config key, e.g. --set optim.label_smoothing=0.1 (repeatable)",
+    )
+    g = train.add_argument_group("model and data")
+    g.add_argument("--model", help="model name, e.g. resnet20, resnet56, mobilenetv2_cifar")
+    g.add_argument("--num-classes", type=int, help="classifier outputs (default: from the dataset)")
+    g.add_argument("--data", help="dataset: fashion-mnist, digits, cifar10, cifar100, imagefolder, synthetic")
+    g.add_argument("--data-root", help="dataset folder (default: the dataset's usual place / ATO_DATA_ROOT)")
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--workers", type=int, help="DataLoader worker processes")
+    g.add_argument("--train-subset", type=int, metavar="N", help="train on the first N images only")
+    g = train.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--optimizer", help="sgd or adamw")
+    g.add_argument("--lr", type=float, help="peak learning rate")
+    g.add_argument("--weight-decay", type=float)
+    g = train.add_argument_group("run")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--channels-last", choices=["auto", "true", "false"])
+    g.add_argument("--amp", action="store_true", default=None, help="mixed precision (CUDA only)")
+    g.add_argument("--out-dir", help="parent folder of run folders (default runs/)")
+    g.add_argument("--name", help="run folder name (default <model>-<data>)")
+    g.add_argument(
+        "--resume", metavar="auto|PATH", help="continue from <run dir>/last.pt (auto) or a checkpoint"
+    )
+    g.add_argument("--max-steps-per-epoch", type=int, metavar="N", help="cut epochs short (smoke tests)")
+    g.add_argument("--tensorboard", action="store_true", default=None, help="also log to TensorBoard")
+    g = train.add_argument_group("pruning")
+    g.add_argument("--prune", metavar="none|ato", help="pruning method (default none)")
+    g.add_argument("--remove-flops", type=float, metavar="F", help="share of MACs to remove, e.g. 0.5")
+    g.add_argument("--remove-params", type=float, metavar="F", help="share of parameters to remove")
+    train.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", parents=[common], help="evaluate a checkpoint on its dataset's test split")
+    ev.add_argument("--checkpoint", required=True, help="a last.pt written by 'ato train'")
+    ev.add_argument("--data", help="dataset name (default: the one in the checkpoint's config)")
+    ev.add_argument("--data-root", help="dataset folder")
+    ev.add_argument("--batch-size", type=int)
+    ev.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    ev.set_defaults(func=cmd_eval)
+
+    info = sub.add_parser("info", parents=[common], help="parameters and MACs of a model")
+    info.add_argument("--model", required=True)
+    info.add_argument("--input", default="3x32x32", help="input shape CxHxW (default 3x32x32)")
+    info.add_argument("--num-classes", type=int, default=10)
+    info.set_defaults(func=cmd_info)
+
+    demo = sub.add_parser(
+        "demo", parents=[common], help="one epoch of ResNet-20 on Fashion-MNIST (configs/demo.yaml)"
+    )
+    demo.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    demo.add_argument("--out-dir", help="parent folder of the run folder 'demo' (default runs/)")
+    demo.add_argument("--max-steps-per-epoch", type=int, metavar="N", help="cut the epoch short (quick look)")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _setup_logging(verbose: bool) -> None:
+    """INFO and up to stdout as bare messages; warnings and errors say so. Replaces our earlier handler."""
+
+    class _Format(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            msg = super().format(record)
+            return msg if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {msg}"
+
+    for old in [h for h in log.handlers if getattr(h, "_ato_cli", False)]:
+        log.removeHandler(old)
+    handler = logging.StreamHandler(sys.stdout)
+    handler._ato_cli = True  # type: ignore[attr-defined]
+    handler.setFormatter(_Format("%(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``ato``; returns the exit status (0 ok, 2 user error, 130 interrupted)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help or a usage error; return its status instead of exiting the caller
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    verbose = bool(getattr(args, "verbose", False))
+    _setup_logging(verbose)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        if verbose:
+            traceback.print_exc()
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""One whole run from a :class:`~autotrainonce.config.Config`: data, model, (pruner), Trainer, report.
+
+This is what ``ato train`` and ``ato demo`` call; it is also the easiest way to run from Python::
+
+    from autotrainonce.config import load_config
+    from autotrainonce.training.run import run_training
+    result = run_training(load_config("configs/resnet20_fmnist.yaml"))
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from .. import data, models
+from ..config import Config, merge_overrides, save_config
+from ..errors import ConfigError, UserError
+from ..measure import count_macs, count_params, format_count
+from .callbacks import Callback
+from .trainer import Trainer
+from .utils import count_steps, resolve_device, seed_everything
+
+__all__ = [
+    "RunResult",
+    "RunData",
+    "PruningUnavailableError",
+    "build_data",
+    "resolve_model_config",
+    "format_table",
+    "run_training",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunData:
+    """The datasets of a run: training part, test split, optional held-out part, and the dataset's facts."""
+
+    train: Dataset
+    test: Dataset
+    holdout: Dataset | None
+    info: data.DatasetInfo
+
+
+@dataclass
+class RunResult:
+    """What :func:`run_training` returns."""
+
+    run_dir: Path
+    config: Config
+    params: int
+    macs: int
+    metrics: dict[str, float]
+    seconds: float
+    compact: nn.Module | None = None
+    compact_params: int | None = None
+    compact_macs: int | None = None
+    compact_metrics: dict[str, float] = field(default_factory=dict)
+
+
+class PruningUnavailableError(UserError):
+    """The requested pruning method is not part of this build."""
+
+
+def resolve_model_config(cfg: Config, info: data.DatasetInfo) -> Config:
+    """``cfg`` with ``model.num_classes`` / ``model.in_channels`` filled from the data where left as None."""
+    in_channels = cfg.model.in_channels or cfg.data.in_channels or info.in_channels
+    return merge_overrides(
+        cfg, {"model": {"num_classes": cfg.model.num_classes or info.num_classes, "in_channels": in_channels}}
+    )
+
+
+def _with_transform(ds: Dataset, transform: Any) -> Dataset:
+    """A shallow copy of ``ds`` (sharing its image tensors) with another transform."""
+    view = copy.copy(ds)
+    view.transform = transform  # type: ignore[attr-defined]
+    return view
+
+
+def build_data(cfg: Config) -> RunData:
+    """Datasets for ``cfg`` (model.in_channels already resolved); the holdout is split off only when pruning.
+
+    The held-out images use the evaluation transform: the pruning controller should see clean images.
+    """
+    d = cfg.data
+    info = data.info(d.name, root=d.root, **d.options)
+    target_channels = cfg.model.in_channels
+    convert = target_channels if target_channels not in (None, info.in_channels) else None
+    train_tf = data.build_transform(
+        info, True, augment=d.augment, image_size=d.image_size, in_channels=convert
+    )
+    eval_tf = data.build_transform(info, False, image_size=d.image_size, in_channels=convert)
+    base = data.create(d.name, "train", root=d.root, transform=train_tf, **d.options)
+    test = data.create(d.name, "test", root=d.root, transform=eval_tf, **d.options)
+    train: Dataset = base
+    clean: Dataset = _with_transform(base, eval_tf)
+    if d.train_subset is not None:
+        keep = list(range(min(d.train_subset, len(base))))  # type: ignore[arg-type]
+        train, clean = Subset(base, keep), Subset(clean, keep)
+    holdout = None
+    if cfg.prune.method != "none":
+        if d.holdout_fraction <= 0:
+            raise ConfigError("pruning needs a held-out set: set data.holdout_fraction above 0 (e.g. 0.05)")
+        train_part, hold_part = data.split_holdout(train, d.holdout_fraction, seed=cfg.run.seed)
+        train, holdout = train_part, Subset(clean, hold_part.indices)
+    return RunData(train=train, test=test, holdout=holdout, info=info)
+
+
+def _loader(ds: Dataset, batch_size: int, workers: int, device: torch.device, train: bool) -> DataLoader:
+    n = len(ds)  # type: ignore[arg-type]
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=train,
+        # A ragged last batch of a few images makes BatchNorm statistics noisy; keep it only if it is all we have.
+        drop_last=train and n >= batch_size,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+    )
+
+
+def format_table(title: str, rows: list[tuple[str, str]]) -> str:
+    """A small two-column text table."""
+    width = max(len(k) for k, _ in rows)
+    lines = [title, "-" * max(len(title), width + 2 + max(len(v) for _, v in rows))]
+    lines += [f"{k:<{width}}  {v}" for k, v in rows]
+    return "\n".join(lines)
+
+
+def _count(n: int) -> str:
+    return f"{format_count(n)} ({n:,})"
+
+
+def _pruner_factory(method: str) -> Callable[..., Callback]:
+    """``autotrainonce.ato.make_callback``, or a user error saying this build cannot prune."""
+    unavailable = f"pruning method {method!r} is not available in this build"
+    try:
+        ato = importlib.import_module("autotrainonce.ato")
+        make_callback = getattr(ato, "make_callback", None)
+    except ImportError as exc:
+        if isinstance(exc, ModuleNotFoundError) and exc.name == "autotrainonce.ato":
+            raise PruningUnavailableError(unavailable) from None
+        # Present but broken: say why, so the problem is not mistaken for a missing feature.
+        raise PruningUnavailableError(f"{unavailable} (importing autotrainonce.ato failed: {exc})") from exc
+    if make_callback is None:
+        raise PruningUnavailableError(unavailable)
+    return make_callback
+
+
+def run_training(cfg: Config, callbacks: list[Callback] | None = None) -> RunResult:
+    """Train (and, with ``prune.method: ato``, prune) as ``cfg`` says; logs the before/after tables."""
+    started = time.perf_counter()
+    make_pruner = _pruner_factory(cfg.prune.method) if cfg.prune.method == "ato" else None
+    seed_everything(cfg.run.seed)
+    device = resolve_device(cfg.run.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
+    cfg = resolve_model_config(cfg, data.info(cfg.data.name, root=cfg.data.root, **cfg.data.options))
+    run_data = build_data(cfg)
+    model = models.create(
+        cfg.model.name,
+        num_classes=cfg.model.num_classes,
+        in_channels=cfg.model.in_channels,
+        **cfg.model.kwargs,
+    )
+    example = run_data.test[0][0].unsqueeze(0)
+    params, macs = count_params(model), count_macs(model, example)
+    run_dir = Path(cfg.run.out_dir) / (cfg.run.name or _default_name(cfg))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    log.info(
+        format_table(
+            "Before training",
+            [
+                ("model", f"{cfg.model.name} ({cfg.model.in_channels} -> {cfg.model.num_classes} classes)"),
+                ("data", f"{cfg.data.name}: {len(run_data.train)} train / {len(run_data.test)} test images"),  # type: ignore[arg-type]
+                ("input", "x".join(str(s) for s in example.shape)),
+                ("parameters", _count(params)),
+                ("MACs", _count(macs)),
+                ("device", str(device)),
+                ("run dir", str(run_dir)),
+            ],
+        )
+    )
+    d = cfg.data
+    train_loader = _loader(run_data.train, d.batch_size, d.workers, device, train=True)
+    test_loader = _loader(run_data.test, d.eval_batch_size, d.workers, device, train=False)
+    all_callbacks = list(callbacks or [])
+    pruner = None
+    if make_pruner is not None:
+        assert run_data.holdout is not None
+        holdout_loader = _loader(run_data.holdout, d.batch_size, d.workers, device, train=True)
+        total_steps = cfg.run.epochs * count_steps(train_loader, cfg.run.max_steps_per_epoch)
+        pruner = make_pruner(cfg.prune, model, example, holdout_loader, total_steps)
+        all_callbacks.append(pruner)
+    trainer = Trainer(
+        model, train_loader, test_loader, config=cfg, callbacks=all_callbacks, run_dir=run_dir,
+        model_name=cfg.model.name,
+    )  # fmt: skip
+    metrics = trainer.fit(resume=cfg.run.resume)
+    result = RunResult(run_dir, cfg, params, macs, metrics, 0.0)
+    rows = [("test top-1", f"{metrics.get('test_top1', float('nan')):.2f}%")]
+    if "test_top5" in metrics:
+        rows.append(("test top-5", f"{metrics['test_top5']:.2f}%"))
+    rows += [("parameters", _count(params)), ("MACs", _count(macs))]
+    if pruner is not None:
+        compact = pruner.export().to(trainer.device)  # type: ignore[attr-defined]
+        result.compact = compact
+        result.compact_params = count_params(compact)
+        result.compact_macs = count_macs(compact, example.to(trainer.device))
+        result.compact_metrics = trainer.evaluate(test_loader, model=compact)
+        rows += [
+            ("pruned test top-1", f"{result.compact_metrics['top1']:.2f}%"),
+            (
+                "pruned parameters",
+                f"{_count(result.compact_params)}, -{_share(result.compact_params, params)}",
+            ),
+            ("pruned MACs", f"{_count(result.compact_macs)}, -{_share(result.compact_macs, macs)}"),
+        ]
+    result.seconds = time.perf_counter() - started
+    rows += [("epochs", str(cfg.run.epochs)), ("time", f"{result.seconds:.0f}s"), ("run dir", str(run_dir))]
+    log.info(format_table("Results", rows))
+    return result
+
+
+def _share(kept: int, total: int) -> str:
+    return f"{100.0 * (1 - kept / total):.1f}%" if total else "n/a"
+
+
+def _default_name(cfg: Config) -> str:
+    name = f"{cfg.model.name}-{cfg.data.name}"
+    return f"{name}-{cfg.prune.method}" if cfg.prune.method != "none" else name

@@ -1,0 +1,63 @@
+"""Training curves from a run's metrics.csv, drawn without a display.
+
+Uses matplotlib's object API with the Agg canvas directly, so it never switches the global pyplot backend of
+a notebook or script that imports autotrainonce.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from .training.metrics import read_metrics
+
+__all__ = ["plot_curves"]
+
+
+def _series(rows: list[dict[str, str]], key: str) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for row in rows:
+        value = row.get(key, "")
+        if value not in ("", None) and row.get("epoch"):
+            xs.append(float(row["epoch"]))
+            ys.append(float(value))
+    return xs, ys
+
+
+def plot_curves(metrics_csv: str | Path, out_png: str | Path) -> Path:
+    """Draw loss and accuracy versus epoch from ``metrics_csv`` into ``out_png``; returns the PNG's path."""
+    rows = read_metrics(metrics_csv)
+    if not rows:
+        raise ValueError(f"{metrics_csv} has no rows to plot")
+    fig = Figure(figsize=(10, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    for ax, keys, title, ylabel in (
+        (ax_loss, (("train_loss", "train"), ("test_loss", "test")), "Loss", "cross-entropy"),
+        (ax_acc, (("train_acc", "train"), ("test_top1", "test top-1"), ("test_top5", "test top-5")),
+         "Accuracy", "%"),
+    ):  # fmt: skip
+        for key, label in keys:
+            xs, ys = _series(rows, key)
+            if xs:
+                # Markers keep a one-epoch run (a single point) visible.
+                ax.plot(xs, ys, marker="o", markersize=4, label=label)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(rows) == 1:  # a lone point would otherwise sit in a meaningless fractional axis
+            only = float(rows[0]["epoch"])
+            ax.set_xlim(only - 0.5, only + 0.5)
+            ax.set_xticks([only])
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        if ax.has_data():
+            ax.legend()
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    return out

@@ -1,0 +1,75 @@
+"""The ATO schedule: default boundaries scaled from the paper, overrides in steps or fractions, validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from autotrainonce.ato import Schedule, ScheduleConfig
+from autotrainonce.errors import ConfigError
+
+
+def test_defaults_scale_with_total_steps():
+    s = Schedule.build(ScheduleConfig(), total_steps=1000)
+    assert (s.controller_start, s.proximal_start, s.lambda_switch, s.controller_lr_decay, s.freeze_at) == (
+        100, 200, 490, 490, 510,
+    )  # fmt: skip
+    assert s.hyper_step == 20 and (s.lambda_low, s.lambda_high) == (10.0, 1000.0)
+    assert s.mask_interval == 10  # 1% of training without steps_per_epoch
+    assert Schedule.build(ScheduleConfig(), 1000, steps_per_epoch=25).mask_interval == 25
+
+
+def test_phase_boundaries():
+    s = Schedule.build(ScheduleConfig(), total_steps=1000)
+    assert [s.phase(t) for t in (1, 99, 100, 199, 200, 509, 510, 1000)] == [
+        "dense", "dense", "search", "search", "search", "search", "frozen", "frozen",
+    ]  # fmt: skip
+    due = [t for t in range(1, 1001) if s.controller_step_due(t)]
+    assert due[0] == 100 and due[-1] == 500 and all(b - a == 20 for a, b in zip(due, due[1:]))
+    assert not s.controller_active(99) and s.controller_active(100) and not s.controller_active(510)
+    assert not s.proximal_active(199) and s.proximal_active(200) and s.proximal_active(1000)
+    assert (s.lam(200), s.lam(489), s.lam(490), s.lam(999)) == (10.0, 10.0, 1000.0, 1000.0)
+    masks = [t for t in range(1, 1001) if s.mask_due(t)]
+    assert masks[0] == 100 and masks[-1] == 500 and all(b - a == 10 for a, b in zip(masks, masks[1:]))
+
+
+def test_overrides_in_steps_and_fractions():
+    cfg = ScheduleConfig(
+        controller_start=5, proximal_start=0.25, lambda_switch=30, controller_lr_decay=0.3, freeze_at=40,
+        hyper_step=2, mask_interval=4, lambda_low=1.0, lambda_high=50.0,
+    )  # fmt: skip
+    s = Schedule.build(cfg, total_steps=100)
+    assert (s.controller_start, s.proximal_start, s.lambda_switch, s.controller_lr_decay, s.freeze_at) == (
+        5, 25, 30, 30, 40,
+    )  # fmt: skip
+    assert (s.hyper_step, s.mask_interval, s.lam(29), s.lam(30)) == (2, 4, 1.0, 50.0)
+    assert [t for t in range(1, 12) if s.controller_step_due(t)] == [5, 7, 9, 11]
+    assert "frozen from 40 of 100" in s.describe()
+
+
+def test_proximal_before_controller_is_allowed():
+    s = Schedule.build(ScheduleConfig(controller_start=0.5, proximal_start=0.1, freeze_at=0.6), 100)
+    assert s.phase(20) == "proximal" and s.mask_due(10)
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        (dict(controller_start=0.6, freeze_at=0.5), "before the mask freezes"),
+        (dict(controller_start=51, freeze_at=51), "before the mask freezes"),
+        (dict(freeze_at=1.5), "fraction of training"),
+        (dict(proximal_start=-3), ">= 0 steps"),
+        (dict(lambda_switch="half"), "int \\(steps\\) or a float"),
+        (dict(lambda_switch=True), "int \\(steps\\) or a float"),
+        (dict(hyper_step=0), "hyper_step"),
+        (dict(lambda_high=-1.0), "lambda"),
+    ],
+)
+def test_invalid_schedules(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        Schedule.build(ScheduleConfig(**kw), total_steps=100)
+
+
+@pytest.mark.parametrize("total", [0, -5, 2.5, None])
+def test_total_steps_must_be_positive_int(total):
+    with pytest.raises(ConfigError, match="total_steps"):
+        Schedule.build(ScheduleConfig(), total_steps=total)  # type: ignore[arg-type]

@@ -158,7 +158,7 @@ class TinyUNet(nn.Module):
 
 
 class LayerNormMLP(nn.Module):
-    """MLP with LayerNorm on the input features and after the first hidden layer."""
+    """MLP with LayerNorm on the input features and on the second hidden layer; BatchNorm1d on the third."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -168,17 +168,19 @@ class LayerNormMLP(nn.Module):
         self.fc2 = nn.Linear(16, 10)
         self.norm_hidden = nn.LayerNorm(10)
         self.fc3 = nn.Linear(10, 14)
+        self.bn3 = nn.BatchNorm1d(14)
         self.drop = nn.Dropout(0.1)
         self.fc4 = nn.Linear(14, 3)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.act1(self.fc1(self.norm_in(x)))
         x = self.norm_hidden(self.fc2(x))
-        return self.fc4(self.drop(torch.tanh(self.fc3(x))))
+        return self.fc4(self.drop(torch.tanh(self.bn3(self.fc3(x)))))
 
 
 class Conv1dResNet(nn.Module):
-    """1-d residual network over sequences (N, C, L) with BatchNorm1d and a 1x1 projection shortcut."""
+    """1-d residual network over sequences (N, C, L) with BatchNorm1d, a subtracting residual and a 1x1
+    projection shortcut."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -192,7 +194,7 @@ class Conv1dResNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.stem(x)
-        x = F.relu(x + self.c2(self.c1(x)))
+        x = F.relu(x - self.c2(self.c1(x)))
         x = F.relu(self.short(x) + self.c4(self.c3(x)))
         return self.fc(F.adaptive_avg_pool1d(x, 1).squeeze(-1))
 

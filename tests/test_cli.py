@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import re
 import subprocess
 import sys
@@ -11,8 +12,9 @@ import types
 import pytest
 import torch
 
-from autotrainonce import cli, data
+from autotrainonce import cli, data, export
 from autotrainonce.errors import DatasetError
+from autotrainonce.measure import count_params
 from autotrainonce.training import Callback, load_checkpoint, read_metrics
 
 
@@ -29,6 +31,18 @@ def test_info_resnet56(capsys):
     params = int(re.search(r"Parameters:.*\(([\d,]+)\)", out).group(1).replace(",", ""))
     assert abs(macs - 125.75) / 125.75 < 0.005
     assert abs(params - 0.85e6) / 0.85e6 < 0.01
+
+
+def test_info_lists_channel_groups(capsys):
+    code, out, _ = run(capsys, "info", "--model", "resnet20", "--input", "1x28x28")
+    assert code == 0
+    head, _, groups = out.partition("Channel groups")
+    assert "MACs:" in head and "Parameters:" in head  # the counts come first
+    assert re.search(r"#\s+group\s+size\s+prunable\s+MACs %", groups)
+    assert re.search(r"^\s+1\s+layer1\.0\.conv1\s+16\s+yes\s+[\d.]+", groups, re.M)
+    assert "11 channel groups, 9 prunable" in groups
+    code, out, _ = run(capsys, "info", "--model", "resnet20", "--input", "1x28x28", "--no-groups")
+    assert code == 0 and "MACs:" in out and "prunable" not in out
 
 
 def _assert_one_line_error(code: int, err: str, *needles: str) -> None:
@@ -159,13 +173,41 @@ def test_prune_hook_gets_holdout_and_exports(capsys, tmp_path, monkeypatch):
     fake = types.ModuleType("autotrainonce.ato")
     fake.make_callback = make_callback
     monkeypatch.setitem(sys.modules, "autotrainonce.ato", fake)
+    monkeypatch.setattr(export, "onnx_available", lambda: False)  # ONNX has its own tests; keep this fast
     code, out, err = run(
-        capsys, *DIGITS_RUN, "--out-dir", str(tmp_path), "--prune", "ato", "--remove-flops", "0.4"
+        capsys, *DIGITS_RUN, "--out-dir", str(tmp_path), "--name", "p", "--prune", "ato", "--remove-flops", "0.4"
     )
     assert code == 0, err
     assert seen["config"].remove_flops == 0.4 and seen["shape"] == (1, 1, 8, 8) and seen["total"] == 6
     assert seen["holdout"] == round(0.05 * 128)
-    assert "pruned test top-1" in out and "pruned MACs" in out
+    # The before/after table ends the output: the fake pruner's "compact" model is the dense one.
+    table = out[out.index("Results: before / after pruning") :]
+    for row in ("test top-1", "MACs", "parameters", "CPU latency, batch 1", "CPU latency, batch 64"):
+        assert re.search(rf"^{row}\s+\S+.*\s+\S+", table, re.M), row
+    assert re.search(r"^max \|masked - compact\|\s+n/a", table, re.M)  # no export_report from the fake
+    results = json.loads((tmp_path / "p" / "results.json").read_text())
+    assert results["compact"]["macs"] == results["dense"]["macs"] and results["change"]["test_top1_pt"] == 0
+    assert {"latency_b1_ms", "latency_b64_ms"} <= set(results["compact"])
+    assert set(results["artifacts"]) == {"pt", "safetensors", "json"}
+
+
+def test_train_ato_end_to_end_writes_compact_artifacts(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(export, "onnx_available", lambda: False)
+    code, out, err = run(
+        capsys, *DIGITS_RUN, "--out-dir", str(tmp_path), "--name", "a", "--prune", "ato", "--remove-flops", "0.5"
+    )
+    assert code == 0, err
+    run_dir = tmp_path / "a"
+    results = json.loads((run_dir / "results.json").read_text())
+    assert 0.45 < 1 - results["change"]["macs_ratio"] < 0.55  # the target is met
+    assert results["compact"]["params"] < results["dense"]["params"]
+    assert results["equivalence"]["max_abs_diff"] <= 1e-4
+    assert out.rstrip().splitlines()[-1].startswith("max |masked - compact|")  # the table comes last
+    for name in ("compact.pt", "compact.safetensors", "compact.json", "mask.json"):
+        assert (run_dir / name).is_file(), name
+    assert str(run_dir / "compact.pt") in out
+    rebuilt = export.load_compact(run_dir)
+    assert count_params(rebuilt) == results["compact"]["params"]
 
 
 def test_module_entry_point_exits_2():
@@ -190,5 +232,10 @@ def test_demo_short(capsys, tmp_path):
         capsys, "demo", "--out-dir", str(tmp_path), "--max-steps-per-epoch", "5", "--device", "cpu"
     )
     assert code == 0, err
-    assert "MACs" in out and "test top-1" in out and (tmp_path / "demo" / "last.pt").exists()
-    assert torch.load(tmp_path / "demo" / "last.pt", weights_only=True)["config"]["run"]["epochs"] == 1
+    run_dir = tmp_path / "demo"
+    assert "Results: before / after pruning" in out and "CPU latency, batch 64" in out
+    assert out.rstrip().splitlines()[-1].startswith("max |masked - compact|")
+    assert (run_dir / "last.pt").exists() and (run_dir / "compact.pt").exists()
+    assert (run_dir / "results.json").exists()
+    cfg = torch.load(run_dir / "last.pt", weights_only=True)["config"]
+    assert cfg["run"]["epochs"] == cli.DEMO_CONFIG["run"]["epochs"] and cfg["prune"]["method"] == "ato"

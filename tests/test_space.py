@@ -400,20 +400,84 @@ def test_onnx_export_of_pruned_model_matches_torch(tmp_path: Path) -> None:
 @pytest.mark.skipif(importlib.util.find_spec("torch_pruning") is None, reason="torch-pruning not installed")
 @pytest.mark.parametrize("name", ["resnet20", "resnet18"])
 def test_groups_match_torch_pruning(name: str) -> None:
-    """Torch-Pruning's DependencyGraph sees the same set of prunable conv-output groups."""
+    """Torch-Pruning's DependencyGraph ties the same convs' output channels together.
+
+    The one difference is deliberate: ResNet-20's zero-padded residual stream is a group there too, while we
+    keep it fixed (removing a stream channel would shift the padded channels).
+    """
     import torch_pruning as tp
 
     model, x, space = _zoo(name)
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=x)
+    names = {m: n for n, m in model.named_modules()}
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=x)
     theirs = set()
-    for group in dg.get_all_groups(root_module_types=[nn.Conv2d]):
-        convs = {dep.target.name.split(" ")[0] for dep, _ in group
-                 if isinstance(dep.target.module, nn.Conv2d) and dep.handler in (tp.prune_conv_out_channels,)}
+    for group in graph.get_all_groups(root_module_types=[nn.Conv2d, nn.Linear]):
+        convs = frozenset(names[dep.target.module] for dep, _ in group
+                          if dep.handler == tp.prune_conv_out_channels)
         if convs:
-            theirs.add(frozenset(convs))
-    ours = set()
-    for g in space.groups:
-        if g.prunable:
-            ours.add(frozenset(m.module for m in g.members if m.role == "out" and m.dim == 0))
-    # zero-padded shortcuts are fixed for us; Torch-Pruning may still list the stream: compare what we prune
-    assert ours <= theirs or len(ours) <= len(theirs)
+            theirs.add(convs)
+    ours = {frozenset(m.module for m in g.members if m.role == "out" and m.name == "weight"
+                      and isinstance(model.get_submodule(m.module), nn.Conv2d))
+            for g in space.groups}
+    ours_prunable = {frozenset(m.module for m in g.members if m.role == "out" and m.name == "weight")
+                     for g in space.groups if g.prunable and g.name != "fc"}
+    assert ours - {frozenset()} == theirs
+    stream = {s for s in theirs if "conv1" in s}
+    assert ours_prunable == (theirs - stream if name == "resnet20" else theirs)
+
+
+# -- edge cases of the contract ------------------------------------------------------------------------------
+def test_layer_called_with_keyword_input_is_gated() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(4, 6)
+            self.b = nn.Linear(6, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(input=torch.relu(self.a(x)))
+
+    net, x = Net().eval(), torch.randn(3, 4)
+    space = discover(net, x)
+    masks = [torch.tensor([1, 0, 1, 0, 1, 1], dtype=torch.bool), None]
+    compact = space.prune(net, masks)
+    assert compact.b.in_features == 4
+    with torch.no_grad(), space.masked(net, masks):
+        assert torch.allclose(net(x), compact(x), atol=1e-6)
+
+
+def test_zero_width_layer_is_value_error() -> None:
+    """A group tied through chunk can hold channels one layer does not produce; emptying it is refused."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(3, 3, 1)
+            self.b = nn.Conv2d(3, 1, 1)
+            self.out = nn.Conv2d(2, 2, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            p, q = torch.cat([self.a(x), self.b(x)], 1).chunk(2, 1)  # q = [a2, b0]
+            return self.out(p * q)
+
+    net = Net().eval()
+    space = discover(net, torch.randn(1, 3, 4, 4))
+    group = _group(space, "a")
+    assert group.prunable and group.size == 2  # {a0, a2} and {a1, b0}
+    b_channel = int(next(m for m in group.members if m.module == "b" and m.name == "weight").channel[0])
+    mask = torch.ones(2, dtype=torch.bool)
+    mask[b_channel] = False
+    masks = [mask if g is group else None for g in space.groups]
+    with pytest.raises(ValueError, match="remove every channel of b.weight"):
+        space.prune(net, masks)
+
+
+def test_prune_with_check_leaves_a_training_model_as_it_was() -> None:
+    model, x = build_zoo("resnet20")
+    model.train()
+    space = discover(model, x)
+    stats = model.bn1.running_mean.clone()
+    compact = space.prune(model, random_masks(space, 0))  # the probe runs both models in eval mode
+    assert model.training and all(m.training for m in model.modules())
+    assert compact.training
+    assert torch.equal(model.bn1.running_mean, stats)

@@ -36,7 +36,10 @@ from space_archs import (
 
 ZOO = models.list_models()
 ALL = [f"zoo:{n}" for n in ZOO] + list(ARCHS) + list(UNKNOWN_OP_ARCHS)
-BN_NETS = {"densenet", "inception", "resnext", "mobilenetv3_se", "unet", "conv1d_resnet", "vgg_flatten"}
+BN_NETS = {
+    "densenet", "inception", "resnext", "mobilenetv3_se", "unet", "conv1d_resnet", "vgg_flatten", "conv3d",
+    "layernorm_mlp",
+}
 TOL = 1e-4
 
 
@@ -50,9 +53,12 @@ def _fast_cpu() -> Iterator[None]:
 def _setup(name: str) -> tuple[nn.Module, torch.Tensor, PruningSpace]:
     """Model, input and space, built once per test process (the tests never modify them)."""
     model, x = build_zoo(name[4:]) if name.startswith("zoo:") else build(name)
+    before = state_snapshot(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the unknown-op warnings have their own test
         space = discover(model, x)
+    assert_state_equal(model, before)
+    assert hook_count(model) == 0
     return model, x, space
 
 

@@ -25,13 +25,34 @@ def _fast_cpu() -> Iterator[None]:
         yield
 
 
-class DataDependent(nn.Module):
-    """Python control flow on tensor values: fx cannot trace it."""
+def _cbrc(cin: int, mid: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, mid, 3, padding=1), nn.BatchNorm2d(mid), nn.ReLU(), nn.Conv2d(mid, cout, 1)
+    )
+
+
+class Branchy(nn.Module):
+    """A block with data-dependent control flow around a traceable inner block."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
-        self.body = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.inner = _cbrc(8, 6, 8)
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.inner(x)
+        if y.abs().sum() > 0:  # data-dependent: fx cannot trace this block (nor anything containing it)
+            y = y * self.scale
+        return x + y
+
+
+class DataDependent(nn.Module):
+    """Python control flow on tensor values at the top and inside a block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = _cbrc(3, 5, 8)
+        self.body = Branchy()
         self.fc = nn.Linear(8, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -109,21 +130,41 @@ def test_node_module_path_and_inputs() -> None:
         as_input_tuple("x")
 
 
-def test_untraceable_model_falls_back_with_exact_dense_cost() -> None:
+def test_untraceable_model_falls_back_to_traceable_submodules() -> None:
     torch.manual_seed(0)
     model = DataDependent().eval()
     x = torch.randn(2, 3, 8, 8)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.warns(UserWarning, match="could not trace"):
+    with pytest.warns(UserWarning, match="could not trace DataDependent.*2 submodules"):
         space = discover(model, x)
     assert space.flops() == macs(model, x)
     assert space.params() == n_params(model)
     assert all(k in model.state_dict() and model.state_dict()[k].equal(v) for k, v in before.items())
-    masks = random_masks(space, 0)
-    compact = space.prune(model, masks)
-    assert space.flops(masks) == macs(compact, x) and space.params(masks) == n_params(compact)
-    with torch.no_grad(), space.masked(model, masks):
-        assert torch.allclose(model(x), compact(x), atol=1e-5)
+    # channels inside the traceable parts are prunable; those crossing untraceable code are kept
+    assert sorted(g.name for g in space.groups if g.prunable) == ["body.inner.0", "stem.0"]
+    assert {g.reason for g in space.groups if not g.prunable} == {"output of stem", "output of body.inner"}
+    for seed in (0, 1):
+        masks = random_masks(space, seed)
+        compact = space.prune(model, masks)  # check=True: the probe agrees
+        assert space.flops(masks) == macs(compact, x) and space.params(masks) == n_params(compact)
+        with torch.no_grad(), space.masked(model, masks):
+            assert torch.allclose(model(x), compact(x), atol=1e-5)
+
+
+def test_untraceable_leaf_model_keeps_everything() -> None:
+    class Flat(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(4, 3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x @ self.w.t() if x.sum() > 0 else -x @ self.w.t()
+
+    model, x = Flat(), torch.rand(2, 3)
+    with pytest.warns(UserWarning, match="no submodule"):
+        space = discover(model, x)
+    assert space.groups == [] and space.flops() == macs(model, x) and space.params() == 12
+    assert torch.equal(space.prune(model, []).w, model.w)
 
 
 def test_flop_counter_reference_is_forward_only() -> None:

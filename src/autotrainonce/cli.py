@@ -127,12 +127,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             }
         },
     )
-    result = run_training(cfg)
-    top1 = result.metrics.get("test_top1", 0.0)
-    print(
-        f"demo: {cfg.model.name} reached {top1:.2f}% test top-1 on {cfg.data.name} after {cfg.run.epochs} "
-        f"epoch(s) in {result.seconds:.0f}s; outputs in {result.run_dir}"
-    )
+    # run_training ends with the before/after table (accuracy, MACs, parameters, CPU latency, equivalence).
+    run_training(cfg)
     return 0
 
 
@@ -157,6 +153,18 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"Classes:     {args.num_classes}")
     print(f"Parameters:  {format_count(params)} ({params:,})")
     print(f"MACs:        {format_count(macs)} ({macs:,})")
+    if args.groups:
+        from .errors import AutoTrainOnceError
+        from .space import discover
+
+        try:
+            summary = discover(model, example).summary()
+        except AutoTrainOnceError as exc:  # e.g. an untraceable model: the counts above still hold
+            print(f"Channel groups: not available ({' '.join(str(exc).split())})")
+        else:
+            print()
+            print("Channel groups (what pruning may remove; MACs % = share saved by removing the whole group):")
+            print(summary)
     return 0
 
 
@@ -265,10 +273,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     ev.set_defaults(func=cmd_eval)
 
-    info = sub.add_parser("info", parents=[common], help="parameters and MACs of a model")
+    info = sub.add_parser(
+        "info", parents=[common], help="parameters, MACs and channel groups of a model"
+    )
     info.add_argument("--model", required=True)
     info.add_argument("--input", default="3x32x32", help="input shape CxHxW (default 3x32x32)")
     info.add_argument("--num-classes", type=int, default=10)
+    info.add_argument(
+        "--no-groups", dest="groups", action="store_false", help="leave out the table of channel groups"
+    )
     info.set_defaults(func=cmd_info)
 
     demo = sub.add_parser(

@@ -13,12 +13,13 @@ from torch import nn
 
 from ..errors import TraceError
 from ..graph.tracing import SHAPE, annotate_shapes, as_input_tuple, trace
+from .fallback import discover_by_parts
 from .groups import ChannelGroup, GatePoint, Member
 from .propagate import ATOMS, Propagation, op_label
 from .pruning_space import ParamDim, PruningSpace
 from .rules import Rule, apply_rule
 
-__all__ = ["discover"]
+__all__ = ["discover", "propagate"]
 
 
 def discover(
@@ -29,17 +30,31 @@ def discover(
     Channels that cannot be removed without changing the function (network inputs and outputs, channels that
     reach an op without a rule) are grouped as unprunable; an unsupported op warns once, naming itself and its
     module. ``rules`` adds op rules for this call only (same keys as :func:`register_op_rule`), taking
-    precedence over the global table. A model that torch.fx cannot trace falls back to torch.export for exact
-    dense cost, with no prunable group and a warning.
+    precedence over the global table.
+
+    A model that torch.fx cannot trace (data-dependent Python control flow) falls back to its submodules: each
+    maximal submodule that traces on its own gets its inner channels analysed, everything crossing the
+    untraceable code is kept, and the cost stays exact. A warning says so.
     """
     inputs = as_input_tuple(example_inputs)
     try:
         gm = trace(model)
     except TraceError as e:
-        warnings.warn(f"autotrainonce: {e} Nothing in this model is prunable.", stacklevel=2)
-        return _untraceable_space(model, inputs)
+        ctx, traced = discover_by_parts(model, inputs, lambda g, prefix: propagate(g, rules, prefix))
+        where = f"{len(traced)} submodules that trace on their own" if traced else "no submodule"
+        warnings.warn(
+            f"autotrainonce: {e} Falling back to {where}: only channels inside them can be pruned; "
+            "every channel that crosses the untraceable code is kept.",
+            stacklevel=2,
+        )
+        return _assemble(model, ctx, inputs)
     annotate_shapes(gm, inputs)
-    ctx = Propagation(gm)
+    return _assemble(model, propagate(gm, rules), inputs)
+
+
+def propagate(gm: fx.GraphModule, rules: Mapping[Any, Rule] | None = None, prefix: str = "") -> Propagation:
+    """Run the op rules over an annotated graph; ``prefix`` is the graph's module path inside the model."""
+    ctx = Propagation(gm, prefix)
     calls = Counter(str(n.target) for n in gm.graph.nodes if n.op == "call_module")
     for node in gm.graph.nodes:
         ctx.node = node
@@ -47,7 +62,7 @@ def discover(
             node.meta[ATOMS] = None  # network inputs and constants: fixed channels
         elif node.op == "output":
             for a in ctx.input_atoms(node):
-                ctx.mark(a.ids, "network output")
+                ctx.mark(a.ids, "network output" if not prefix else f"output of {prefix}")
         elif node.op == "call_module" and calls[str(node.target)] > 1 and _has_state(ctx.modules[str(node.target)]):
             # one set of weights seen with two sets of channels: slicing it for one call would break the other
             ctx.unknown(node, f"{type(ctx.modules[str(node.target)]).__name__} called more than once")
@@ -58,14 +73,14 @@ def discover(
                 # channels that stop being tracked can no longer be gated: whatever the rule said, keep them
                 ctx.keep(node, f"channels not followed through {op_label(node, ctx.modules)}")
         ctx.add_const(node)  # every node's FLOPs are counted once: as a cost item, or here as a constant
-    return _assemble(model, gm, ctx, inputs)
+    return ctx
 
 
 def _has_state(module: nn.Module) -> bool:
     return any(True for _ in module.parameters(recurse=True)) or any(True for _ in module.buffers(recurse=True))
 
 
-def _assemble(model: nn.Module, gm: fx.GraphModule, ctx: Propagation, inputs: tuple) -> PruningSpace:
+def _assemble(model: nn.Module, ctx: Propagation, inputs: tuple) -> PruningSpace:
     n_atoms = len(ctx.parent)
     root = torch.tensor([ctx.find(a) for a in range(n_atoms)], dtype=torch.long)
     # group = classes linked through producer blocks (a block's channels form one group)
@@ -176,25 +191,3 @@ def _param_numels(model: nn.Module) -> dict[tuple[str, str], int]:
             seen.add(id(p))
             out[(mod_name, pname)] = p.numel()
     return out
-
-
-def _untraceable_space(model: nn.Module, inputs: tuple) -> PruningSpace:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(*inputs)
-    finally:
-        model.train(was)
-    return PruningSpace(
-        model_class=type(model).__name__,
-        groups=[],
-        example_inputs=inputs,
-        param_dims={},
-        activations={},
-        costs=[],
-        const_macs=counter.get_total_flops() // 2,
-        param_numels=_param_numels(model),
-    )

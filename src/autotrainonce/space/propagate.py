@@ -76,9 +76,10 @@ class CostItem:
 class Propagation:
     """Mutable state of one propagation pass; rules call its methods."""
 
-    def __init__(self, gm: fx.GraphModule) -> None:
+    def __init__(self, gm: fx.GraphModule | None, prefix: str = "") -> None:
         self.gm = gm
-        self.modules = dict(gm.named_modules())
+        self.prefix = prefix  # the graph's module path inside the whole model ("" for the model itself)
+        self.modules = dict(gm.named_modules()) if gm is not None else {}
         self.parent: list[int] = []
         self.reason: dict[int, str] = {}
         self.blocks: list[tuple[str, torch.Tensor]] = []  # (producer name, fresh atom ids)
@@ -157,7 +158,10 @@ class Propagation:
         return found
 
     def where(self, node: fx.Node) -> str:
-        return node_module_path(node)
+        path = node_module_path(node)
+        if not self.prefix:
+            return path
+        return self.prefix if path == "<model>" else f"{self.prefix}.{path}"
 
     def ndim(self, arg: Any) -> int:
         s = self.shape(arg)
@@ -216,6 +220,30 @@ class Propagation:
         if node.name not in self.accounted:
             self.accounted.add(node.name)
             self.costs.append(CostItem(node.name, unit, factors))
+
+    def absorb(self, other: Propagation) -> None:
+        """Add the results of a propagation over a submodule's graph, with its paths made model-relative.
+
+        Atom ids are shifted past this state's, so the two sets of channels stay independent.
+        """
+        off = len(self.parent)
+
+        def path(p: str) -> str:
+            return f"{other.prefix}.{p}" if p and other.prefix else p or other.prefix
+
+        self.parent.extend(p + off for p in other.parent)
+        self.reason.update({r + off: why for r, why in other.reason.items()})
+        self.blocks += [(path(name), ids + off) for name, ids in other.blocks]
+        for (mod, name), rec in other.tensors.items():
+            dims = {d: ids + off for d, ids in rec.dims.items()}
+            self.tensors[(path(mod), name)] = TensorRecord(rec.kind, dict(rec.role), dims)
+        self.gates += [(path(mod), dim, ids + off) for mod, dim, ids in other.gates]
+        for (mod, kind), ids in other.activations.items():
+            self.activations[(path(mod), kind)] = torch.where(ids >= 0, ids + off, ids)
+        for c in other.costs:
+            refs = tuple(DimRef(r.kind, (path(r.key[0]), r.key[1]), r.dim, r.size) for r in c.factors)
+            self.costs.append(CostItem(path(c.node), c.unit, refs))
+        self.const_flops += other.const_flops
 
     def record(self, key: ParamKey, kind: str, dim: int, ids: torch.Tensor, role: str) -> None:
         """``key``'s positions along ``dim`` hold channels ``ids`` (a tensor used twice ties both uses)."""

@@ -194,7 +194,7 @@ class PruningSpace:
         handles = []
         try:
             for path, items in per_module.items():
-                handles.append(model.get_submodule(path).register_forward_pre_hook(_GateHook(items)))
+                handles.append(model.get_submodule(path).register_forward_pre_hook(_GateHook(items), with_kwargs=True))
             yield model
         finally:
             for h in handles:
@@ -239,8 +239,12 @@ class _GateHook:
     def __init__(self, items: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
         self.items = items
 
-    def __call__(self, module: nn.Module, args: tuple) -> tuple:
-        x = args[0]
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if args:
+            x = args[0]
+        else:  # called as module(input=x): fx recorded the keyword, the rule read it as the input
+            key = next(iter(kwargs))
+            x = kwargs[key]
         gates: dict[int, torch.Tensor] = {}
         for dim, index, channel, mask in self.items:
             d = dim % x.ndim
@@ -253,4 +257,6 @@ class _GateHook:
             shape = [1] * x.ndim
             shape[d] = -1
             x = x * gate.view(shape)
-        return (x, *args[1:])
+        if args:
+            return (x, *args[1:]), kwargs
+        return args, {**kwargs, key: x}

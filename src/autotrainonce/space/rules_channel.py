@@ -26,6 +26,7 @@ __all__ = [
     "layer_norm",
     "linear",
     "matmul",
+    "metadata",
     "passthrough",
     "prelu",
     "reduction",

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import copy
 import importlib
+import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from .. import data, models
 from ..config import Config, merge_overrides, save_config
 from ..errors import ConfigError, UserError
-from ..measure import count_macs, count_params, format_count
+from ..measure import count_macs, count_params, format_count, latency_ms
 from .callbacks import Callback
 from .trainer import Trainer
 from .utils import count_steps, resolve_device, seed_everything
@@ -37,10 +39,15 @@ __all__ = [
     "build_data",
     "resolve_model_config",
     "format_table",
+    "format_comparison",
+    "cpu_latency",
     "run_training",
+    "RESULTS_FILE",
 ]
 
 log = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.json"
 
 
 @dataclass
@@ -67,6 +74,10 @@ class RunResult:
     compact_params: int | None = None
     compact_macs: int | None = None
     compact_metrics: dict[str, float] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)
+    """What results.json holds: dense (and for pruning runs compact, change, equivalence, latency)."""
+    artifacts: dict[str, Path] = field(default_factory=dict)
+    """Pruning runs: the compact model's files (see autotrainonce.export.save_compact)."""
 
 
 class PruningUnavailableError(UserError):
@@ -210,28 +221,142 @@ def run_training(cfg: Config, callbacks: list[Callback] | None = None) -> RunRes
     )  # fmt: skip
     metrics = trainer.fit(resume=cfg.run.resume)
     result = RunResult(run_dir, cfg, params, macs, metrics, 0.0)
-    rows = [("test top-1", f"{metrics.get('test_top1', float('nan')):.2f}%")]
+    dense = {"test_top1": metrics.get("test_top1", float("nan")), "params": params, "macs": macs}
     if "test_top5" in metrics:
-        rows.append(("test top-5", f"{metrics['test_top5']:.2f}%"))
-    rows += [("parameters", _count(params)), ("MACs", _count(macs))]
-    if pruner is not None:
-        compact = pruner.export().to(trainer.device)  # type: ignore[attr-defined]
-        result.compact = compact
-        result.compact_params = count_params(compact)
-        result.compact_macs = count_macs(compact, example.to(trainer.device))
-        result.compact_metrics = trainer.evaluate(test_loader, model=compact)
-        rows += [
-            ("pruned test top-1", f"{result.compact_metrics['top1']:.2f}%"),
-            (
-                "pruned parameters",
-                f"{_count(result.compact_params)}, -{_share(result.compact_params, params)}",
-            ),
-            ("pruned MACs", f"{_count(result.compact_macs)}, -{_share(result.compact_macs, macs)}"),
-        ]
-    result.seconds = time.perf_counter() - started
-    rows += [("epochs", str(cfg.run.epochs)), ("time", f"{result.seconds:.0f}s"), ("run dir", str(run_dir))]
-    log.info(format_table("Results", rows))
+        dense["test_top5"] = metrics["test_top5"]
+    result.results = {"model": cfg.model.name, "data": cfg.data.name, "epochs": cfg.run.epochs, "dense": dense}
+    if pruner is None:
+        rows = [("test top-1", f"{dense['test_top1']:.2f}%")]
+        if "test_top5" in dense:
+            rows.append(("test top-5", f"{dense['test_top5']:.2f}%"))
+        rows += [("parameters", _count(params)), ("MACs", _count(macs))]
+        result.seconds = time.perf_counter() - started
+        rows += [("epochs", str(cfg.run.epochs)), ("time", f"{result.seconds:.0f}s"), ("run dir", str(run_dir))]
+        log.info(format_table("Results", rows))
+        _write_results(result)
+        return result
+
+    compact = pruner.export().to(trainer.device)  # type: ignore[attr-defined]
+    report = dict(getattr(getattr(pruner, "pruner", pruner), "export_report", None) or {})
+    result.compact = compact
+    result.compact_params = count_params(compact)
+    result.compact_macs = count_macs(compact, example.to(trainer.device))
+    result.compact_metrics = trainer.evaluate(test_loader, model=compact)
+    log.info("measuring CPU latency of the dense and the compact model ...")
+    latency = cpu_latency({"dense": trainer.model, "compact": compact}, example)
+    after = {"test_top1": result.compact_metrics["top1"], "params": result.compact_params,
+             "macs": result.compact_macs}  # fmt: skip
+    if "top5" in result.compact_metrics:
+        after["test_top5"] = result.compact_metrics["top5"]
+    for key, value in latency["ms"].items():
+        dense[key], after[key] = value["dense"], value["compact"]
+    result.results.update(
+        compact=after,
+        change={
+            "test_top1_pt": after["test_top1"] - dense["test_top1"],
+            **{f"{k}_ratio": _ratio(after[k], dense[k]) for k in ("params", "macs", *latency["ms"])},
+        },
+        equivalence={
+            "max_abs_diff": report.get("max_abs_diff"),  # masked vs compact on the example input
+            "max_abs_diff_dense": report.get("max_abs_diff_dense"),  # ungated vs masked
+        },
+        latency={"device": "cpu", "threads": latency["threads"], "repeats": latency["repeats"]},
+    )
+    _write_results(result)  # the numbers first: a failing export below must not lose them
+
+    from ..export import save_compact
+
+    zoo = {"name": cfg.model.name, "num_classes": cfg.model.num_classes, "in_channels": cfg.model.in_channels,
+           "kwargs": dict(cfg.model.kwargs)}  # fmt: skip
+    log.info("saving the compact model ...")
+    try:
+        result.artifacts = save_compact(compact, example, run_dir, zoo=zoo, reference=trainer.model)
+    finally:
+        result.seconds = time.perf_counter() - started
+        result.results["artifacts"] = {k: str(v) for k, v in result.artifacts.items()}
+        result.results["seconds"] = result.seconds
+        _write_results(result)
+        rows = [("epochs", str(cfg.run.epochs)), ("time", f"{result.seconds:.0f}s"), ("run dir", str(run_dir)),
+                ("results", str(run_dir / RESULTS_FILE))]  # fmt: skip
+        rows += [(f"compact ({key})", str(path)) for key, path in result.artifacts.items()]
+        log.info(format_table("Outputs", rows))
+        log.info(format_comparison(result.results))  # last, so a run ends with the before/after table
     return result
+
+
+def _ratio(new: float, old: float) -> float | None:
+    return new / old if old else None
+
+
+def _write_results(result: RunResult) -> None:
+    """``results.json``: the numbers of the results table (the same that :func:`format_comparison` prints)."""
+    path = result.run_dir / RESULTS_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result.results, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def cpu_latency(
+    models_by_name: dict[str, nn.Module], example: torch.Tensor, batches: tuple[int, ...] = (1, 64),
+    repeats: tuple[int, ...] = (20, 5), rounds: int = 2,
+) -> dict[str, Any]:
+    """Median CPU forward time (ms) of each model at each batch size, on CPU copies in eval mode.
+
+    The models are measured in turns, ``rounds`` times, keeping each one's best median: on a shared machine a
+    burst of load then slows one measurement of each model, not all of one model's (which would bias the ratio).
+    """
+    cpu = {name: copy.deepcopy(m).cpu().to(memory_format=torch.contiguous_format).eval()
+           for name, m in models_by_name.items()}  # fmt: skip
+    x1 = example.detach().cpu()
+    best: dict[str, dict[str, float]] = {}
+    for _ in range(rounds):
+        for batch, reps in zip(batches, repeats):
+            key = f"latency_b{batch}_ms"
+            x = x1.expand(batch, *x1.shape[1:]).contiguous()
+            for name, m in cpu.items():
+                ms = latency_ms(m, x, repeats=reps, warmup=max(1, reps // 4))
+                best.setdefault(key, {})[name] = min(ms, best.get(key, {}).get(name, float("inf")))
+    return {"ms": best, "threads": torch.get_num_threads(),
+            "repeats": dict(zip((f"b{b}" for b in batches), repeats))}  # fmt: skip
+
+
+def format_comparison(results: dict[str, Any]) -> str:
+    """The before/after table of a pruning run (dense = the trained network ungated, compact = pruned)."""
+    d, c, eq = results["dense"], results["compact"], results.get("equivalence", {})
+
+    def count_change(key: str) -> str:
+        r = _ratio(c[key], d[key])
+        return "n/a" if r is None else f"x{r:.2f} ({-100 * (1 - r):+.1f}%)"
+
+    def speed_change(key: str) -> str:
+        if not (d[key] > 0 and c[key] > 0):
+            return "n/a"
+        speedup = d[key] / c[key]
+        word = f"{speedup:.2f}x faster" if speedup >= 1 else f"{1 / speedup:.2f}x slower"
+        return f"x{c[key] / d[key]:.2f} ({word})"
+
+    rows = [("test top-1", f"{d['test_top1']:.2f}%", f"{c['test_top1']:.2f}%",
+             f"{c['test_top1'] - d['test_top1']:+.2f} pt")]  # fmt: skip
+    if "test_top5" in d and "test_top5" in c:
+        rows.append(("test top-5", f"{d['test_top5']:.2f}%", f"{c['test_top5']:.2f}%",
+                     f"{c['test_top5'] - d['test_top5']:+.2f} pt"))  # fmt: skip
+    rows += [
+        ("MACs", format_count(d["macs"]), format_count(c["macs"]), count_change("macs")),
+        ("parameters", format_count(d["params"]), format_count(c["params"]), count_change("params")),
+    ]
+    for key in sorted(k for k in d if k.startswith("latency_b")):
+        batch = key.removeprefix("latency_b").removesuffix("_ms")
+        rows.append((f"CPU latency, batch {batch}", f"{d[key]:.2f} ms", f"{c[key]:.2f} ms", speed_change(key)))
+    diff = eq.get("max_abs_diff")
+    rows.append(("max |masked - compact|", "", "n/a" if diff is None else f"{diff:.2e}",
+                 "equivalence check"))  # fmt: skip
+    header = ("", "dense", "compact", "change")
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(4)]
+    line = "  ".join(f"{{:{'<' if i == 0 else '>'}{w}}}" for i, w in enumerate(widths))
+    title = f"Results: before / after pruning ({results.get('model')}, {results.get('data')})"
+    out = [title, "-" * max(len(title), sum(widths) + 6), line.format(*header)]
+    out += [line.format(*r) for r in rows]
+    return "\n".join(out)
 
 
 def _share(kept: int, total: int) -> str:

@@ -1,0 +1,402 @@
+"""Artifacts of a compact (physically pruned) model that load without autotrainonce.
+
+:func:`save_compact` writes, into a run directory:
+
+- ``compact.pt``: a pickled :class:`torch.fx.GraphModule` of the model. A GraphModule pickles as generated
+  Python code plus plain ``torch.nn`` submodules, so ``torch.load(path, weights_only=False)`` rebuilds it in a
+  process that has only torch, even when the model's own class lives in autotrainonce (a zoo model).
+- ``compact.safetensors`` + ``compact.json``: the state dict, and a small description of the architecture
+  (model class, zoo name and build arguments, and every module whose width differs from the dense model,
+  with the constructor arguments needed to rebuild it). :func:`load_compact` turns the pair back into a zoo
+  model; any other code can do the same in a few lines (docs/export.md).
+- ``compact.onnx`` when the ``onnx`` package is importable: the dynamo exporter first, the TorchScript
+  exporter second, with a dynamic batch dimension.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib.util
+import json
+import logging
+import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError, ConfigError
+
+__all__ = [
+    "PT_FILE",
+    "SAFETENSORS_FILE",
+    "JSON_FILE",
+    "ONNX_FILE",
+    "save_compact",
+    "load_compact",
+    "describe_architecture",
+    "to_graph_module",
+]
+
+log = logging.getLogger(__name__)
+
+PT_FILE = "compact.pt"
+SAFETENSORS_FILE = "compact.safetensors"
+JSON_FILE = "compact.json"
+ONNX_FILE = "compact.onnx"
+FORMAT_VERSION = 1
+
+# Constructor arguments that fix a module's shape, per torch.nn type. "bias" is stored as a bool (present or
+# not); everything else is the attribute of the same name. Only plain torch.nn types are listed: they are what
+# surgery resizes, and they can be rebuilt by name from torch.nn alone.
+_CONV = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias",
+         "padding_mode")  # fmt: skip
+_CONVT = (*_CONV, "output_padding")
+_NORM = ("num_features", "eps", "momentum", "affine", "track_running_stats")
+REBUILD_ATTRS: dict[type[nn.Module], tuple[str, ...]] = {
+    nn.Conv1d: _CONV,
+    nn.Conv2d: _CONV,
+    nn.Conv3d: _CONV,
+    nn.ConvTranspose1d: _CONVT,
+    nn.ConvTranspose2d: _CONVT,
+    nn.ConvTranspose3d: _CONVT,
+    nn.Linear: ("in_features", "out_features", "bias"),
+    nn.BatchNorm1d: _NORM,
+    nn.BatchNorm2d: _NORM,
+    nn.BatchNorm3d: _NORM,
+    nn.SyncBatchNorm: _NORM,
+    nn.InstanceNorm1d: _NORM,
+    nn.InstanceNorm2d: _NORM,
+    nn.InstanceNorm3d: _NORM,
+    nn.GroupNorm: ("num_groups", "num_channels", "eps", "affine"),
+    nn.PReLU: ("num_parameters",),
+}
+# Top-level modules a pickled GraphModule may reference and still load with torch alone.
+_STANDALONE_ROOTS = {"torch", "builtins", "operator", "_operator", "math", "typing", "collections"}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# compact.pt: a GraphModule
+
+
+def to_graph_module(model: nn.Module) -> torch.fx.GraphModule:
+    """``torch.fx.symbolic_trace(model)`` with the type annotations dropped, ready to pickle.
+
+    Under ``from __future__ import annotations`` a ``forward(x: Tensor)`` annotation is the *string*
+    ``"Tensor"``; fx keeps it as a global of the generated code, which then cannot be pickled. The
+    annotations carry no behaviour, so every node's type is cleared.
+    """
+    gm = torch.fx.symbolic_trace(model)
+    for node in gm.graph.nodes:
+        node.type = None
+    gm.recompile()
+    return gm
+
+
+def _foreign_modules(gm: torch.fx.GraphModule) -> set[str]:
+    """Python modules outside torch and the standard helpers that unpickling ``gm`` would import."""
+    names = {type(m).__module__ for m in gm.modules() if not isinstance(m, torch.fx.GraphModule)}
+    for node in gm.graph.nodes:
+        if node.op == "call_function":
+            names.add(getattr(node.target, "__module__", None) or "builtins")
+    return {n for n in names if n.split(".")[0] not in _STANDALONE_ROOTS}
+
+
+def _save_pt(model: nn.Module, path: Path) -> None:
+    try:
+        gm = to_graph_module(model)
+    except Exception as exc:  # fx cannot trace data-dependent control flow; the plain pickle still works
+        warnings.warn(
+            f"torch.fx could not trace the compact model ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+            f"{path.name} pickles the model object, so loading it needs the package defining "
+            f"{type(model).__module__}.{type(model).__qualname__}",
+            stacklevel=3,
+        )
+        torch.save(model, path)
+        return
+    foreign = _foreign_modules(gm)
+    if foreign:
+        warnings.warn(
+            f"{path.name} references {', '.join(sorted(foreign))}; loading it needs those modules importable",
+            stacklevel=3,
+        )
+    gm.eval()
+    torch.save(gm, path)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# compact.safetensors + compact.json
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _module_spec(module: nn.Module) -> dict[str, Any] | None:
+    """``{"type": "Conv2d", "args": {...}}`` for a rebuildable torch.nn module, else None."""
+    attrs = REBUILD_ATTRS.get(type(module))
+    if attrs is None:
+        return None
+    args: dict[str, Any] = {}
+    for name in attrs:
+        value = getattr(module, name)
+        args[name] = (value is not None) if name == "bias" else _jsonable(value)
+    return {"type": type(module).__name__, "args": args}
+
+
+def _shapes(module: nn.Module) -> dict[str, list[int]]:
+    """Shapes of a module's own parameters and buffers (not its children's)."""
+    out = {n: list(p.shape) for n, p in module.named_parameters(recurse=False)}
+    out.update({n: list(b.shape) for n, b in module.named_buffers(recurse=False) if b is not None})
+    return out
+
+
+def describe_architecture(compact: nn.Module, reference: nn.Module | None = None) -> dict[str, dict[str, Any]]:
+    """Per module path, the spec of every module of ``compact`` whose width differs from ``reference``.
+
+    Without a reference every rebuildable module is listed (rebuilding an unchanged module is harmless).
+    A module whose shapes changed but whose type is not in :data:`REBUILD_ATTRS` is listed with its type and
+    shapes only, and :func:`load_compact` refuses it.
+    """
+    ref_modules = dict(reference.named_modules()) if reference is not None else {}
+    out: dict[str, dict[str, Any]] = {}
+    for path, module in compact.named_modules():
+        if not path:
+            continue
+        spec = _module_spec(module)
+        ref = ref_modules.get(path)
+        unchanged = (
+            ref is not None and type(ref) is type(module) and _shapes(ref) == _shapes(module)
+            and (spec is None or spec == _module_spec(ref))
+        )  # fmt: skip
+        if unchanged:
+            continue
+        if spec is None:
+            # Containers and stateless modules need no entry; without a reference a non-rebuildable module
+            # cannot be known to have changed.
+            if reference is None or not _shapes(module):
+                continue
+            spec = {"type": type(module).__name__, "shapes": _shapes(module)}
+        out[path] = spec
+    return out
+
+
+def _input_shapes(example_inputs: Any) -> Any:
+    if isinstance(example_inputs, torch.Tensor):
+        return list(example_inputs.shape)
+    if isinstance(example_inputs, (tuple, list)):
+        return [_input_shapes(x) for x in example_inputs]
+    return None
+
+
+def _plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """CPU, contiguous tensors that share no storage (safetensors refuses shared or strided tensors)."""
+    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def _build_zoo(zoo: Mapping[str, Any]) -> nn.Module:
+    from . import models
+
+    return models.create(
+        str(zoo["name"]), num_classes=zoo.get("num_classes"), in_channels=zoo.get("in_channels"),
+        **dict(zoo.get("kwargs") or {}),
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------------------
+# compact.onnx
+
+
+@contextlib.contextmanager
+def _quiet_onnx() -> Iterator[None]:
+    """Silence the exporters' chatter (optional-op registration warnings, deprecations) for one export."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _count_outputs(model: nn.Module, args: tuple[Any, ...]) -> int:
+    with torch.no_grad():
+        out = model(*args)
+    if isinstance(out, torch.Tensor):
+        return 1
+    return len([o for o in torch.utils._pytree.tree_leaves(out) if isinstance(o, torch.Tensor)])
+
+
+def _save_onnx(model: nn.Module, args: tuple[Any, ...], path: Path) -> str | None:
+    """Export with a dynamic batch dimension; returns the exporter used, or None (with a warning) on failure."""
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    if len(tensors) != len(args):
+        warnings.warn(f"{path.name} not written: ONNX export needs tensor inputs only", stacklevel=3)
+        return None
+    inputs = ["input"] if len(args) == 1 else [f"input_{i}" for i in range(len(args))]
+    n_out = _count_outputs(model, args)
+    outputs = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
+    batch = torch.export.Dim("batch", min=1)
+    errors = []
+    with _quiet_onnx():
+        try:
+            torch.onnx.export(
+                model, args, str(path), dynamo=True, input_names=inputs, output_names=outputs,
+                dynamic_shapes=tuple({0: batch} for _ in args), external_data=False, verbose=False,
+            )  # fmt: skip
+            return "dynamo"
+        except Exception as exc:  # the dynamo exporter rejects some graphs the TorchScript one handles
+            errors.append(f"dynamo: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        try:
+            torch.onnx.export(
+                model, args, str(path), dynamo=False, input_names=inputs, output_names=outputs,
+                dynamic_axes={n: {0: "batch"} for n in (*inputs, *outputs)},
+            )  # fmt: skip
+            return "torchscript"
+        except Exception as exc:
+            errors.append(f"torchscript: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    path.unlink(missing_ok=True)
+    log.warning("%s not written, both ONNX exporters failed (%s)", path.name, "; ".join(errors))
+    return None
+
+
+def onnx_available() -> bool:
+    """Whether the ``onnx`` package (needed by both exporters) can be imported."""
+    return importlib.util.find_spec("onnx") is not None
+
+
+# ------------------------------------------------------------------------------------------------------------
+# public API
+
+
+def save_compact(
+    compact: nn.Module,
+    example_inputs: Any,
+    out_dir: str | Path,
+    *,
+    onnx: bool = True,
+    zoo: Mapping[str, Any] | None = None,
+    reference: nn.Module | None = None,
+) -> dict[str, Path]:
+    """Write the compact model's artifacts into ``out_dir``; returns ``{"pt", "safetensors", "json"[, "onnx"]}``.
+
+    Args:
+        compact: the pruned model (left untouched; a CPU copy in eval mode is saved).
+        example_inputs: a tensor or tuple of tensors the model accepts (its shape goes into the JSON; it is
+            also the ONNX tracing input, whose batch dimension is exported as dynamic).
+        out_dir: the run directory.
+        onnx: also write ``compact.onnx`` when the ``onnx`` package is importable.
+        zoo: ``{"name", "num_classes", "in_channels", "kwargs"}`` when the model came from
+            ``autotrainonce.models.create``; lets :func:`load_compact` rebuild it without further arguments.
+        reference: the dense model, to list only the modules whose width changed (default: a fresh zoo model
+            when ``zoo`` is given, else every rebuildable module is listed).
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = copy.deepcopy(compact).cpu().eval()
+    args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    args = tuple(a.detach().cpu() if isinstance(a, torch.Tensor) else a for a in args)
+    if reference is None and zoo is not None:
+        try:
+            reference = _build_zoo(zoo)
+        except Exception as exc:  # a bad zoo entry must not cost the other artifacts
+            warnings.warn(f"cannot build zoo model {zoo.get('name')!r} as reference: {exc}", stacklevel=2)
+    paths: dict[str, Path] = {}
+
+    paths["pt"] = out / PT_FILE
+    _save_pt(model, paths["pt"])
+
+    paths["safetensors"] = out / SAFETENSORS_FILE
+    save_file(_plain_state_dict(model), str(paths["safetensors"]), metadata={"format": "pt"})
+
+    first = next(iter(model.parameters()), None)
+    description = {
+        "format": "autotrainonce-compact",
+        "version": FORMAT_VERSION,
+        "model_class": f"{type(compact).__module__}.{type(compact).__qualname__}",
+        "zoo": None if zoo is None else {
+            "name": zoo["name"], "num_classes": zoo.get("num_classes"), "in_channels": zoo.get("in_channels"),
+            "kwargs": dict(zoo.get("kwargs") or {}),
+        },
+        "input_shape": _input_shapes(example_inputs),
+        "dtype": str(first.dtype).removeprefix("torch.") if first is not None else "float32",
+        "params": sum(p.numel() for p in model.parameters()),
+        "weights": SAFETENSORS_FILE,
+        "modules_listed": "changed" if reference is not None else "all",
+        "modules": describe_architecture(model, reference),
+    }  # fmt: skip
+    paths["json"] = out / JSON_FILE
+    paths["json"].write_text(json.dumps(description, indent=1) + "\n")
+
+    if onnx and onnx_available():
+        target = out / ONNX_FILE
+        if _save_onnx(model, args, target) is not None:
+            paths["onnx"] = target
+    return paths
+
+
+def _build_module(path: str, spec: Mapping[str, Any]) -> nn.Module:
+    cls = getattr(nn, str(spec.get("type")), None)
+    if cls not in REBUILD_ATTRS or "args" not in spec:
+        raise CheckpointError(
+            f"compact.json lists module {path!r} of type {spec.get('type')!r}, which load_compact cannot rebuild; "
+            "load compact.pt instead"
+        )
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["args"].items()}
+    return cls(**kwargs)
+
+
+def load_compact(source: str | Path, *, model: nn.Module | None = None) -> nn.Module:
+    """Rebuild the compact model from ``compact.json`` + ``compact.safetensors`` (CPU, eval mode).
+
+    Args:
+        source: the run directory, or the path of ``compact.json``.
+        model: a freshly built dense model of the same architecture; needed when the JSON names no zoo model
+            (a model of your own). Its listed modules are replaced in place.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(source)
+    if path.is_dir():
+        path = path / JSON_FILE
+    try:
+        desc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} not found; save_compact writes it into the run directory") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc})") from None
+    if desc.get("format") != "autotrainonce-compact" or desc.get("version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path} is not a compact.json of format version {FORMAT_VERSION}")
+    if model is None:
+        if not desc.get("zoo"):
+            raise ConfigError(
+                f"{path} names no zoo model ({desc.get('model_class')}); pass model=<a fresh dense instance>"
+            )
+        model = _build_zoo(desc["zoo"])
+    model = model.cpu()
+    for mod_path, spec in desc["modules"].items():
+        new = _build_module(mod_path, spec)
+        try:
+            model.set_submodule(mod_path, new, strict=True)
+        except AttributeError as exc:
+            raise CheckpointError(f"{path}: the model has no module {mod_path!r} ({exc})") from None
+    dtype = getattr(torch, str(desc.get("dtype", "float32")), torch.float32)
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        model = model.to(dtype)
+    weights = path.parent / str(desc.get("weights", SAFETENSORS_FILE))
+    if not weights.is_file():
+        raise CheckpointError(f"{weights} not found next to {path.name}")
+    try:
+        model.load_state_dict(load_file(str(weights)), strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{weights} does not fit the rebuilt model: {' '.join(str(exc).split())}") from None
+    return model.eval()

@@ -201,15 +201,25 @@ class PruningSpace:
                 h.remove()
 
     # -- surgery -------------------------------------------------------------------------------------------
-    def prune(self, model: nn.Module, masks: Masks, *, check: bool = True) -> nn.Module:
+    def prune(
+        self,
+        model: nn.Module,
+        masks: Masks,
+        *,
+        check: bool = True,
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> nn.Module:
         """A physically smaller copy of ``model`` keeping the masked channels; ``model`` is untouched.
 
         With ``check`` the compact model is run against the masked model on the example inputs (eval mode)
         and a SurgeryError is raised if they differ by more than 1e-4 (relative to the output scale).
+        With ``optimizer``, that same optimizer object is moved onto the compact model's parameters in place,
+        its per-parameter state (momentum, Adam moments) sliced to the kept channels, so training continues
+        on the compact model exactly where the masked one was.
         """
         from .surgery import prune_model
 
-        return prune_model(self, model, self._check(masks), check=check)
+        return prune_model(self, model, self._check(masks), check=check, optimizer=optimizer)
 
     # -- inspection ----------------------------------------------------------------------------------------
     def summary(self) -> str:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import SurgeryError
+from .optimizer_state import retarget_optimizer
 
 if TYPE_CHECKING:
     from .pruning_space import PruningSpace
@@ -100,10 +101,18 @@ def _emptied(space: PruningSpace, path: str, name: str, dims: dict, masks: list)
     )
 
 
-def prune_model(space: PruningSpace, model: nn.Module, masks: list, *, check: bool = True) -> nn.Module:
+def prune_model(
+    space: PruningSpace,
+    model: nn.Module,
+    masks: list,
+    *,
+    check: bool = True,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> nn.Module:
     """Implementation of :meth:`PruningSpace.prune`."""
     compact = copy.deepcopy(model)
     touched: set[str] = set()
+    keep: dict[tuple[str, str], dict[int, torch.Tensor]] = {}
     with torch.no_grad():
         for (path, name), dims in space.param_dims.items():
             mod = compact.get_submodule(path)
@@ -115,6 +124,9 @@ def prune_model(space: PruningSpace, model: nn.Module, masks: list, *, check: bo
                 continue
             if new.numel() == 0:
                 raise ValueError(_emptied(space, path, name, dims, masks))
+            keep[(path, name)] = {
+                d: idx for d, pd in dims.items() if (idx := pd.keep_index(masks)).numel() != old.shape[d]
+            }
             if isinstance(old, nn.Parameter):
                 setattr(mod, name, nn.Parameter(new, requires_grad=old.requires_grad))
             else:
@@ -133,6 +145,8 @@ def prune_model(space: PruningSpace, model: nn.Module, masks: list, *, check: bo
                 f"the compact model differs from the masked model by {diff:.3g} (output scale {scale:.3g}) on the "
                 "example inputs; this is a bug in a pruning rule — please report it with the model definition"
             )
+    if optimizer is not None:
+        retarget_optimizer(optimizer, model, compact, keep)
     return compact
 
 

@@ -150,3 +150,14 @@ def test_calibration_keeps_the_plain_threshold_inside_the_dead_zone():
 def test_calibration_moves_one_global_threshold(p, min_channels, expected):
     out = calibrated_masks(SCORES, _frac, p=p, dead_zone=0.005, min_channels=min_channels)
     assert _lists(out) == expected
+
+
+def test_target_beyond_min_channels_floor_is_refused() -> None:
+    from autotrainonce.errors import TargetError
+    from autotrainonce.models import create
+    from autotrainonce.space import discover
+
+    space = discover(create("resnet20", num_classes=10), torch.randn(1, 3, 32, 32))
+    resolve_target(Flops(0.9), space, min_channels=1)  # reachable
+    with pytest.raises(TargetError, match="min_channels"):
+        resolve_target(Flops(0.97), space, min_channels=1)  # 95.2% is the floor with one channel each

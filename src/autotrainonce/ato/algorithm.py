@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, SurgeryError
+from ..space.surgery import exact_math
 from ._utils import EvalMode, HoldoutStream, Masks, call_model, device_of, output_tensors, to_device
 from .config import AtoConfig
 from .controller import Controller
@@ -66,7 +67,7 @@ class AutoTrainOnce:
             space = discover(model, example_inputs)
         self.space = space
         self.target = target
-        self.budget = resolve_target(target, space)  # raises TargetError for bad or unreachable targets
+        self.budget = resolve_target(target, space, cfg.min_channels)  # raises TargetError for bad or unreachable targets
         self.prunable = [i for i, g in enumerate(space.groups) if g.prunable]
         groups = [space.groups[i] for i in self.prunable]
         self.generator = torch.Generator().manual_seed(int(cfg.seed))
@@ -322,7 +323,7 @@ class AutoTrainOnce:
         masks = self._full(self.mask)
         compact = self.space.prune(self.model, masks)
         inputs = to_device(self.example_inputs, device_of(self.model))
-        with EvalMode(self.model, compact):
+        with EvalMode(self.model, compact), exact_math():
             with self.space.masked(self.model, masks):
                 ref = output_tensors(call_model(self.model, inputs))
             dense = output_tensors(call_model(self.model, inputs))

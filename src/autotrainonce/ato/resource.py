@@ -127,10 +127,23 @@ def _all_removed(space: _Space) -> list[torch.Tensor | None]:
     return [torch.zeros(g.size, dtype=torch.bool) if g.prunable else None for g in space.groups]
 
 
-def resolve_target(target: Target, space: _Space) -> Budget:
+def _min_kept(space: _Space, min_channels: int) -> list[torch.Tensor | None]:
+    out: list[torch.Tensor | None] = []
+    for g in space.groups:
+        if not g.prunable:
+            out.append(None)
+            continue
+        keep = torch.zeros(g.size, dtype=torch.bool)
+        keep[: min(min_channels, g.size)] = True
+        out.append(keep)
+    return out
+
+
+def resolve_target(target: Target, space: _Space, min_channels: int = 0) -> Budget:
     """Convert ``target`` into the kept fraction ``p`` of the prunable cost, or raise :class:`TargetError`.
 
-    ``p = ((1 - remove) * T_total - T_fixed) / T_prunable``.
+    ``p = ((1 - remove) * T_total - T_fixed) / T_prunable``. With ``min_channels`` (every group keeps at least
+    that many channels) a target beyond what the smallest allowed network saves is refused too.
     """
     if not isinstance(target, Target):
         raise TargetError(f"target must be Flops(remove=...) or Params(remove=...), got {target!r}")
@@ -157,6 +170,14 @@ def resolve_target(target: Target, space: _Space) -> Budget:
             "(network inputs/outputs, unsupported ops, unprunable groups); ask for less than "
             f"remove={prunable / total:.3f}"
         )
+    if min_channels > 0:
+        floor = target.cost(space, _min_kept(space, min_channels))
+        if (1.0 - target.remove) * total < floor:
+            raise TargetError(
+                f"cannot reach {target}: with at least {min_channels} channel(s) kept in every prunable group "
+                f"(option min_channels), at most {1.0 - floor / total:.1%} of the network's {target.label} can "
+                f"be removed; ask for less than remove={1.0 - floor / total:.3f}"
+            )
     return Budget(target=target, total=total, fixed=fixed, p=float(p))
 
 

@@ -6,8 +6,9 @@ is made of plain torch modules that need nothing from autotrainonce to run, save
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -19,7 +20,7 @@ from .optimizer_state import retarget_optimizer
 if TYPE_CHECKING:
     from .pruning_space import PruningSpace
 
-__all__ = ["prune_model", "register_attribute_fixer", "max_output_diff"]
+__all__ = ["exact_math", "prune_model", "register_attribute_fixer", "max_output_diff"]
 
 Fixer = Callable[[nn.Module, "PruningSpace", str, list], None]
 ATTRIBUTE_FIXERS: dict[type, Fixer] = {}
@@ -150,6 +151,17 @@ def prune_model(
     return compact
 
 
+@contextlib.contextmanager
+def exact_math() -> Iterator[None]:
+    """Disable TF32 on CUDA while comparing models: its 10-bit mantissa alone exceeds a 1e-4 tolerance."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def _flat(out: Any) -> list[torch.Tensor]:
     if isinstance(out, torch.Tensor):
         return [out]
@@ -169,7 +181,7 @@ def max_output_diff(
     model.eval()
     compact.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), exact_math():
             with space.masked(model, masks):
                 ref = _flat(model(*inputs))
             got = _flat(compact(*inputs))

@@ -483,7 +483,7 @@ its epochs have fewer steps: *step × dense* compares time per optimiser step. *
 `run_training` call up to the end of training (data, set-up, epochs with evaluation and
 checkpoints); `call_s` in results.csv is the whole call, which for ATO also exports, evaluates and times the
 compact model and writes its files. Latency: median CPU forward time, compact and dense
-measured alternately. *max |masked−compact|*: the larger of the export check and a check on 64 test images
+measured alternately. *max abs diff masked/compact*: the larger of the export check and a check on 64 test images
 (CPU, float32). With several seeds: mean ± sample standard deviation."""
 
 
@@ -550,7 +550,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run_all(args: argparse.Namespace, base: Config) -> int:
     """Every cell in order, saving the results after each one; prints the table at the end."""
-    env = environment(args.argv, SCRIPT, str(base.run.device))
+    env = environment(args.argv, SCRIPT, str(resolve_device(base.run.device)))
     cells = [Cell(m, s, t) for s in args.seed_list for m in args.model_list for t in [None, *args.target_list]]
     log.info("warming up (data, imports, first kernels)")
     warm_up(base, args.model_list)

@@ -175,7 +175,8 @@ def test_prune_hook_gets_holdout_and_exports(capsys, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "autotrainonce.ato", fake)
     monkeypatch.setattr(export, "onnx_available", lambda: False)  # ONNX has its own tests; keep this fast
     code, out, err = run(
-        capsys, *DIGITS_RUN, "--out-dir", str(tmp_path), "--name", "p", "--prune", "ato", "--remove-flops", "0.4"
+        capsys, *DIGITS_RUN, "--out-dir", str(tmp_path), "--name", "p", "--prune", "ato",
+        "--remove-flops", "0.4",
     )
     assert code == 0, err
     assert seen["config"].remove_flops == 0.4 and seen["shape"] == (1, 1, 8, 8) and seen["total"] == 6
@@ -194,7 +195,8 @@ def test_prune_hook_gets_holdout_and_exports(capsys, tmp_path, monkeypatch):
 def test_train_ato_end_to_end_writes_compact_artifacts(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(export, "onnx_available", lambda: False)
     code, out, err = run(
-        capsys, *DIGITS_RUN, "--out-dir", str(tmp_path), "--name", "a", "--prune", "ato", "--remove-flops", "0.5"
+        capsys, *DIGITS_RUN, "--out-dir", str(tmp_path), "--name", "a", "--prune", "ato",
+        "--remove-flops", "0.5",
     )
     assert code == 0, err
     run_dir = tmp_path / "a"

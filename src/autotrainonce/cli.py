@@ -31,14 +31,26 @@ DEMO_CONFIG: dict[str, Any] = {
     "data": {
         "name": "fashion-mnist",
         "augment": False,
+        "holdout_fraction": 0.05,
         "batch_size": 128,
         "eval_batch_size": 500,
         "workers": 0,
     },
     "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5.0e-4},
-    "schedule": {"name": "cosine", "warmup_epochs": 0.1},
-    "run": {"epochs": 1, "seed": 0, "out_dir": "runs", "name": "demo"},
-    "prune": {"method": "none"},
+    "schedule": {"name": "cosine", "warmup_epochs": 0.2},
+    "run": {"epochs": 7, "seed": 0, "out_dir": "runs", "name": "demo"},
+    "prune": {
+        "method": "ato",
+        "remove_flops": 0.5,
+        "options": {
+            "controller_start": 0.10,
+            "proximal_start": 0.20,
+            "lambda_switch": 0.49,
+            "freeze_at": 0.51,
+            "hyper_step": 10,
+            "mask_interval": 0.05,
+        },
+    },
 }
 _REPO_DEMO_YAML = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
@@ -163,7 +175,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             print(f"Channel groups: not available ({' '.join(str(exc).split())})")
         else:
             print()
-            print("Channel groups (what pruning may remove; MACs % = share saved by removing the whole group):")
+            print("Channel groups (what pruning may remove; MACs % = share saved by removing the group):")
             print(summary)
     return 0
 
@@ -285,11 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=cmd_info)
 
     demo = sub.add_parser(
-        "demo", parents=[common], help="one epoch of ResNet-20 on Fashion-MNIST (configs/demo.yaml)"
+        "demo", parents=[common], help="train + prune ResNet-20 on Fashion-MNIST (configs/demo.yaml)"
     )
     demo.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     demo.add_argument("--out-dir", help="parent folder of the run folder 'demo' (default runs/)")
-    demo.add_argument("--max-steps-per-epoch", type=int, metavar="N", help="cut the epoch short (quick look)")
+    demo.add_argument("--max-steps-per-epoch", type=int, metavar="N", help="cut epochs short (quick look)")
     demo.set_defaults(func=cmd_demo)
     return parser
 
@@ -332,6 +344,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`ato info ... | head`): not an error. Point stdout at devnull so the
+        # interpreter's final flush does not raise again.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

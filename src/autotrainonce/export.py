@@ -156,7 +156,9 @@ def _shapes(module: nn.Module) -> dict[str, list[int]]:
     return out
 
 
-def describe_architecture(compact: nn.Module, reference: nn.Module | None = None) -> dict[str, dict[str, Any]]:
+def describe_architecture(
+    compact: nn.Module, reference: nn.Module | None = None
+) -> dict[str, dict[str, Any]]:
     """Per module path, the spec of every module of ``compact`` whose width differs from ``reference``.
 
     Without a reference every rebuildable module is listed (rebuilding an unchanged module is harmless).
@@ -226,22 +228,26 @@ def _quiet_onnx() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _count_outputs(model: nn.Module, args: tuple[Any, ...]) -> int:
-    with torch.no_grad():
-        out = model(*args)
+def _count_tensors(out: Any) -> int:
+    """Tensors in a (nested) model output, in the order the exporters flatten them."""
     if isinstance(out, torch.Tensor):
         return 1
-    return len([o for o in torch.utils._pytree.tree_leaves(out) if isinstance(o, torch.Tensor)])
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (tuple, list)):
+        return sum(_count_tensors(o) for o in out)
+    return 0
 
 
 def _save_onnx(model: nn.Module, args: tuple[Any, ...], path: Path) -> str | None:
-    """Export with a dynamic batch dimension; returns the exporter used, or None (with a warning) on failure."""
+    """Export with a dynamic batch dimension; returns the exporter used, or None (warning) on failure."""
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
     if len(tensors) != len(args):
-        warnings.warn(f"{path.name} not written: ONNX export needs tensor inputs only", stacklevel=3)
+        log.warning("%s not written: ONNX export needs tensor inputs only", path.name)
         return None
     inputs = ["input"] if len(args) == 1 else [f"input_{i}" for i in range(len(args))]
-    n_out = _count_outputs(model, args)
+    with torch.no_grad():
+        n_out = _count_tensors(model(*args))
     outputs = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
     batch = torch.export.Dim("batch", min=1)
     errors = []
@@ -261,7 +267,9 @@ def _save_onnx(model: nn.Module, args: tuple[Any, ...], path: Path) -> str | Non
             )  # fmt: skip
             return "torchscript"
         except Exception as exc:
-            errors.append(f"torchscript: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            errors.append(
+                f"torchscript: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            )
     path.unlink(missing_ok=True)
     log.warning("%s not written, both ONNX exporters failed (%s)", path.name, "; ".join(errors))
     return None
@@ -285,7 +293,7 @@ def save_compact(
     zoo: Mapping[str, Any] | None = None,
     reference: nn.Module | None = None,
 ) -> dict[str, Path]:
-    """Write the compact model's artifacts into ``out_dir``; returns ``{"pt", "safetensors", "json"[, "onnx"]}``.
+    """Write the compact model's files into ``out_dir``; returns ``{"pt", "safetensors", "json"[, "onnx"]}``.
 
     Args:
         compact: the pruned model (left untouched; a CPU copy in eval mode is saved).
@@ -348,8 +356,8 @@ def _build_module(path: str, spec: Mapping[str, Any]) -> nn.Module:
     cls = getattr(nn, str(spec.get("type")), None)
     if cls not in REBUILD_ATTRS or "args" not in spec:
         raise CheckpointError(
-            f"compact.json lists module {path!r} of type {spec.get('type')!r}, which load_compact cannot rebuild; "
-            "load compact.pt instead"
+            f"compact.json lists module {path!r} of type {spec.get('type')!r}, which load_compact cannot "
+            "rebuild; load compact.pt instead"
         )
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["args"].items()}
     return cls(**kwargs)
@@ -398,5 +406,7 @@ def load_compact(source: str | Path, *, model: nn.Module | None = None) -> nn.Mo
     try:
         model.load_state_dict(load_file(str(weights)), strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"{weights} does not fit the rebuilt model: {' '.join(str(exc).split())}") from None
+        raise CheckpointError(
+            f"{weights} does not fit the rebuilt model: {' '.join(str(exc).split())}"
+        ) from None
     return model.eval()

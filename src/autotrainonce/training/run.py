@@ -224,18 +224,38 @@ def run_training(cfg: Config, callbacks: list[Callback] | None = None) -> RunRes
     dense = {"test_top1": metrics.get("test_top1", float("nan")), "params": params, "macs": macs}
     if "test_top5" in metrics:
         dense["test_top5"] = metrics["test_top5"]
-    result.results = {"model": cfg.model.name, "data": cfg.data.name, "epochs": cfg.run.epochs, "dense": dense}
+    result.results = {
+        "model": cfg.model.name, "data": cfg.data.name, "epochs": cfg.run.epochs, "dense": dense,
+    }  # fmt: skip
     if pruner is None:
-        rows = [("test top-1", f"{dense['test_top1']:.2f}%")]
-        if "test_top5" in dense:
-            rows.append(("test top-5", f"{dense['test_top5']:.2f}%"))
-        rows += [("parameters", _count(params)), ("MACs", _count(macs))]
-        result.seconds = time.perf_counter() - started
-        rows += [("epochs", str(cfg.run.epochs)), ("time", f"{result.seconds:.0f}s"), ("run dir", str(run_dir))]
-        log.info(format_table("Results", rows))
-        _write_results(result)
-        return result
+        _report_dense(result, started)
+    else:
+        _report_pruned(result, trainer, pruner, example, test_loader, started)
+    return result
 
+
+def _report_dense(result: RunResult, started: float) -> None:
+    """Log the results table of a dense run and write results.json."""
+    dense = result.results["dense"]
+    rows = [("test top-1", f"{dense['test_top1']:.2f}%")]
+    if "test_top5" in dense:
+        rows.append(("test top-5", f"{dense['test_top5']:.2f}%"))
+    rows += [("parameters", _count(result.params)), ("MACs", _count(result.macs))]
+    result.seconds = time.perf_counter() - started
+    rows += [
+        ("epochs", str(result.config.run.epochs)), ("time", f"{result.seconds:.0f}s"),
+        ("run dir", str(result.run_dir)),
+    ]  # fmt: skip
+    log.info(format_table("Results", rows))
+    _write_results(result)
+
+
+def _report_pruned(
+    result: RunResult, trainer: Trainer, pruner: Callback, example: torch.Tensor, test_loader: DataLoader,
+    started: float,
+) -> None:  # fmt: skip
+    """Export, evaluate, time and save the compact model; log the outputs and the before/after table."""
+    cfg, run_dir, dense = result.config, result.run_dir, result.results["dense"]
     compact = pruner.export().to(trainer.device)  # type: ignore[attr-defined]
     report = dict(getattr(getattr(pruner, "pruner", pruner), "export_report", None) or {})
     result.compact = compact
@@ -276,12 +296,13 @@ def run_training(cfg: Config, callbacks: list[Callback] | None = None) -> RunRes
         result.results["artifacts"] = {k: str(v) for k, v in result.artifacts.items()}
         result.results["seconds"] = result.seconds
         _write_results(result)
-        rows = [("epochs", str(cfg.run.epochs)), ("time", f"{result.seconds:.0f}s"), ("run dir", str(run_dir)),
-                ("results", str(run_dir / RESULTS_FILE))]  # fmt: skip
+        rows = [
+            ("epochs", str(cfg.run.epochs)), ("time", f"{result.seconds:.0f}s"), ("run dir", str(run_dir)),
+            ("results", str(run_dir / RESULTS_FILE)),
+        ]  # fmt: skip
         rows += [(f"compact ({key})", str(path)) for key, path in result.artifacts.items()]
         log.info(format_table("Outputs", rows))
         log.info(format_comparison(result.results))  # last, so a run ends with the before/after table
-    return result
 
 
 def _ratio(new: float, old: float) -> float | None:
@@ -297,13 +318,16 @@ def _write_results(result: RunResult) -> None:
 
 
 def cpu_latency(
-    models_by_name: dict[str, nn.Module], example: torch.Tensor, batches: tuple[int, ...] = (1, 64),
-    repeats: tuple[int, ...] = (20, 5), rounds: int = 2,
+    models_by_name: dict[str, nn.Module],
+    example: torch.Tensor,
+    batches: tuple[int, ...] = (1, 64),
+    repeats: tuple[int, ...] = (20, 5),
+    rounds: int = 2,
 ) -> dict[str, Any]:
     """Median CPU forward time (ms) of each model at each batch size, on CPU copies in eval mode.
 
     The models are measured in turns, ``rounds`` times, keeping each one's best median: on a shared machine a
-    burst of load then slows one measurement of each model, not all of one model's (which would bias the ratio).
+    burst of load then slows one measurement of each model, not all of one model's (biasing the ratio).
     """
     cpu = {name: copy.deepcopy(m).cpu().to(memory_format=torch.contiguous_format).eval()
            for name, m in models_by_name.items()}  # fmt: skip
@@ -346,7 +370,8 @@ def format_comparison(results: dict[str, Any]) -> str:
     ]
     for key in sorted(k for k in d if k.startswith("latency_b")):
         batch = key.removeprefix("latency_b").removesuffix("_ms")
-        rows.append((f"CPU latency, batch {batch}", f"{d[key]:.2f} ms", f"{c[key]:.2f} ms", speed_change(key)))
+        row = (f"CPU latency, batch {batch}", f"{d[key]:.2f} ms", f"{c[key]:.2f} ms", speed_change(key))
+        rows.append(row)
     diff = eq.get("max_abs_diff")
     rows.append(("max |masked - compact|", "", "n/a" if diff is None else f"{diff:.2e}",
                  "equivalence check"))  # fmt: skip

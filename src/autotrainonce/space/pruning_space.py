@@ -232,8 +232,9 @@ class PruningSpace:
             f"{'#':>3}  {'group':<{w}}  {'size':>5}  {'prunable':<8}  {'MACs %':>6}  note",
         ]
         for i, (g, s) in enumerate(zip(self.groups, shares)):
+            share = f"{100 * s:.2f}" if g.prunable else "-"  # a kept group saves nothing
             lines.append(
-                f"{i:>3}  {g.name:<{w}}  {g.size:>5}  {'yes' if g.prunable else 'no':<8}  {100 * s:>6.2f}  {g.reason}"
+                f"{i:>3}  {g.name:<{w}}  {g.size:>5}  {'yes' if g.prunable else 'no':<8}  {share:>6}  {g.reason}"
             )
         return "\n".join(lines)
 

@@ -68,16 +68,6 @@ def loaders(batch: int = 64) -> tuple[DataLoader, DataLoader, tuple[torch.Tensor
 EX = torch.zeros(1, 1, 8, 8)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the tensors are tiny, and with xdist workers or other jobs sharing the cores,
-    OpenMP threads spin-waiting on each other make these small runs 10-30x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---------------------------------------------------------------------------------------------- targets, options
 def test_bad_targets():
     with pytest.raises(TargetError, match="strictly between 0 and 1"):

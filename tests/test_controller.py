@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from autotrainonce.ato import Controller
 
 SIZES = [3, 5, 2]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the tensors are tiny, and with xdist workers or other jobs sharing the cores,
-    OpenMP threads spin-waiting on each other make these small runs 10-30x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make(seed: int = 0, **kw) -> Controller:

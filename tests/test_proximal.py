@@ -24,16 +24,6 @@ class Chain(nn.Module):
         return self.c3(self.c2(torch.relu(self.bn(self.c1(x)))))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the tensors are tiny, and with xdist workers or other jobs sharing the cores,
-    OpenMP threads spin-waiting on each other make these small runs 10-30x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def member(module: str, name: str, dim: int, n: int = 2, kind: str = "param") -> Member:
     idx = torch.arange(n)
     return Member(module, name, kind, dim, idx, idx.clone())

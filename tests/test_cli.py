@@ -241,3 +241,18 @@ def test_demo_short(capsys, tmp_path):
     assert (run_dir / "results.json").exists()
     cfg = torch.load(run_dir / "last.pt", weights_only=True)["config"]
     assert cfg["run"]["epochs"] == cli.DEMO_CONFIG["run"]["epochs"] and cfg["prune"]["method"] == "ato"
+
+
+def test_train_ato_surgery_freeze_reports_no_dense_accuracy(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(export, "onnx_available", lambda: False)
+    code, out, err = run(
+        capsys, *DIGITS_RUN, "--out-dir", str(tmp_path), "--name", "f", "--prune", "ato",
+        "--remove-flops", "0.5", "--set", "prune.options.surgery=freeze",
+    )
+    assert code == 0, err
+    results = json.loads((tmp_path / "f" / "results.json").read_text())
+    assert results["dense"]["test_top1"] is None  # the dense network no longer exists at the end
+    assert results["change"]["test_top1_pt"] is None
+    assert 0.45 < 1 - results["change"]["macs_ratio"] < 0.55
+    assert results["dense"]["latency_b1_ms"] > 0  # timed on the dense architecture
+    assert "n/a (cut during training)" in out

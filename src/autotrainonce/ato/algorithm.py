@@ -87,11 +87,13 @@ class AutoTrainOnce:
         self.controller_optimizer: torch.optim.Optimizer | None = torch.optim.AdamW(
             self.controller.parameters(), lr=cfg.controller_lr, weight_decay=cfg.controller_weight_decay
         )
-        self.proximal = GroupProximal(model, groups)
+        self.proximal: GroupProximal | None = GroupProximal(model, groups)
         self.holdout = None if holdout is None else HoldoutStream(holdout)
         self.criterion = criterion or F.cross_entropy
         self.global_step = 0
         self.frozen = False
+        self.cut = False  # surgery="freeze": self.model is the physically pruned network
+        self.cut_report: dict[str, int] = {}
         self.lr_decayed = False
         self.mask: list[torch.Tensor] | None = None  # bool keep-masks of the prunable groups (CPU)
         self.last: dict[str, float] = {}  # losses of the latest controller step
@@ -128,7 +130,13 @@ class AutoTrainOnce:
 
     def _set_mask(self, keep: list[torch.Tensor]) -> None:
         self.mask = [k.detach().bool().cpu() for k in keep]
-        self.proximal.set_mask(self.mask)
+        if self.proximal is not None:
+            self.proximal.set_mask(self.mask)
+
+    def _prox(self) -> GroupProximal:
+        if self.proximal is None:
+            raise RuntimeError("the network was already cut (surgery='freeze'); there is no proximal step left")
+        return self.proximal
 
     def _require_controller(self) -> Controller:
         if self.controller is None:
@@ -166,7 +174,35 @@ class AutoTrainOnce:
         self.frozen = True
         if self.config.zero_at_freeze:
             opt = optimizer if self.config.reset_optimizer_state else None
-            self.last["zeroed_at_freeze_max_norm"] = self.proximal.hard_zero(opt)
+            self.last["zeroed_at_freeze_max_norm"] = self._prox().hard_zero(opt)
+        if self.config.surgery == "freeze":
+            self._cut(optimizer)
+
+    def _cut(self, optimizer: torch.optim.Optimizer | None, check: bool = True) -> None:
+        """Replace ``self.model`` by the physically pruned network (surgery="freeze").
+
+        ``optimizer`` (if given) is moved in place onto the compact parameters with its state sliced. The
+        proximal step and the controller are dropped: nothing is left to shrink or search.
+        """
+        assert self.mask is not None
+        masks = self._full(self.mask)
+        if check:
+            prox = self._prox()
+            dropped, zero, _ = prox.count_zero()
+            if zero < dropped:  # zero_at_freeze=False: the masked model must equal the compact one
+                prox.hard_zero(optimizer if self.config.reset_optimizer_state else None)
+        self.cut_report = {
+            "step": self.global_step,
+            "macs_before": self.space.flops(None),
+            "macs_after": self.space.flops(masks),
+            "params_before": self.space.params(None),
+            "params_after": self.space.params(masks),
+        }
+        self.model = self.space.prune(self.model, masks, check=check, optimizer=optimizer)
+        self.cut = True
+        self.proximal = None
+        self.controller = None
+        self.controller_optimizer = None
 
     # ----------------------------------------------------------------------------------------- stepping
     def _sync_device(self) -> None:
@@ -216,16 +252,22 @@ class AutoTrainOnce:
             task_loss=float(task.detach()), resource_loss=float(res.detach()), kept_fraction=float(r.detach())
         )
 
-    def step(self, optimizer: torch.optim.Optimizer, batch: Any = None) -> None:
+    def step(self, optimizer: torch.optim.Optimizer, batch: Any = None) -> bool:
         """Call after every ``optimizer.step()`` of the model; does what the schedule says for this step.
 
-        ``batch`` is only used for controller steps when no holdout loader was given.
+        ``batch`` is only used for controller steps when no holdout loader was given. Returns True at the one
+        step where the network was cut (surgery="freeze"): from then on train :attr:`model`, the compact
+        network; ``optimizer`` was already moved onto its parameters in place.
         """
         self.global_step += 1
         t, s = self.global_step, self.schedule
         self._sync_device()
+        if self.cut:
+            return False
         if not self.frozen and t >= s.freeze_at:
             self.freeze(optimizer)
+            if self.cut:
+                return True
         if not self.frozen:
             ctrl = self._require_controller()
             if s.controller_active(t):
@@ -241,7 +283,8 @@ class AutoTrainOnce:
         if s.proximal_active(t) and self.mask is not None:
             lr = float(optimizer.param_groups[0]["lr"])
             opt = optimizer if self.config.reset_optimizer_state else None
-            self.proximal.step(s.lam(t), lr, opt)
+            self._prox().step(s.lam(t), lr, opt)
+        return False
 
     # ----------------------------------------------------------------------------------------- reporting
     def _removed(self, keep: list[torch.Tensor] | None) -> tuple[float, float]:
@@ -268,7 +311,12 @@ class AutoTrainOnce:
         else:
             removed = (flops, params)
         out["ato/controller_removed"] = removed[0 if self.target.kind == "flops" else 1]
-        dropped, zero, worst = self.proximal.count_zero()
+        if self.proximal is not None:
+            dropped, zero, worst = self.proximal.count_zero()
+        else:  # cut: the dropped channels are gone, i.e. exactly zero
+            dropped = zero = sum(int((~k).sum()) for k in self.mask or [])
+            worst = 0.0
+        out["ato/cut"] = float(self.cut)
         out["ato/dropped_channels"] = float(dropped)
         out["ato/dropped_groups"] = float(sum(1 for k in self.mask or [] if not bool(k.all())))
         out["ato/zero_channels"] = float(zero)
@@ -288,6 +336,7 @@ class AutoTrainOnce:
         return {
             "target": {"kind": self.target.kind, "remove": self.target.remove, "p": self.budget.p},
             "frozen": self.frozen,
+            "cut": self.cut,
             "step": self.global_step,
             "flops_removed": flops,
             "params_removed": params,
@@ -300,6 +349,8 @@ class AutoTrainOnce:
         """The physically pruned model; checks that it computes what the masked model computes.
 
         Raises SurgeryError when the outputs differ by more than ``tolerance`` on ``example_inputs``.
+        After a cut (surgery="freeze") it returns :attr:`model` itself, once a probe run on ``example_inputs``
+        shows that it runs and returns finite outputs.
         """
         if not self.frozen:
             warnings.warn(
@@ -308,16 +359,19 @@ class AutoTrainOnce:
                 stacklevel=2,
             )
             self.freeze()
+        if self.cut:
+            return self._export_cut()
         assert self.mask is not None
-        dropped, zero, worst = self.proximal.count_zero()
+        prox = self._prox()
+        dropped, zero, worst = prox.count_zero()
         if zero < dropped:
             warnings.warn(
                 f"{dropped - zero} of {dropped} dropped channels were not exactly zero at export "
                 f"(largest norm {worst:.3g}); setting them to zero changes the trained function",
                 stacklevel=2,
             )
-            self.proximal.hard_zero()
-            dropped, zero, worst = self.proximal.count_zero()
+            prox.hard_zero()
+            dropped, zero, worst = prox.count_zero()
         if zero != dropped:  # an invariant of hard_zero, not a user error
             raise SurgeryError(f"{dropped - zero} dropped channels are still non-zero after hard-zeroing")
         masks = self._full(self.mask)
@@ -342,6 +396,15 @@ class AutoTrainOnce:
         self.controller_optimizer = None
         return compact
 
+    def _export_cut(self) -> nn.Module:
+        inputs = to_device(self.example_inputs, device_of(self.model))
+        with EvalMode(self.model):
+            out = output_tensors(call_model(self.model, inputs))
+        if not out or not all(bool(torch.isfinite(o.float()).all()) for o in out):
+            raise SurgeryError("the compact model returned no or non-finite outputs on the example inputs")
+        self.export_report = {}
+        return self.model
+
     # ----------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue identically; loads with ``torch.load(weights_only=True)``."""
@@ -350,6 +413,7 @@ class AutoTrainOnce:
             "global_step": self.global_step,
             "total_steps": self.schedule.total_steps,
             "frozen": self.frozen,
+            "cut": self.cut,
             "lr_decayed": self.lr_decayed,
             "controller": None if self.controller is None else self.controller.state_dict(),
             "controller_optimizer": None
@@ -396,5 +460,8 @@ class AutoTrainOnce:
         else:
             self.mask = None
         self.last = {str(k): float(v) for k, v in state["last"].items()}
+        if state.get("cut") and not self.cut:
+            # Rebuild the compact architecture; its weights come from the caller's model checkpoint.
+            self._cut(None, check=False)
         if self.holdout is not None:
             self.holdout.resume(int(state["holdout_drawn"]))

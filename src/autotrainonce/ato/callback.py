@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from .algorithm import AutoTrainOnce
 from .resource import Flops, Params, Target
 
 __all__ = ["AtoCallback", "make_callback", "MASK_FILE", "WIDTHS_FILE"]
+
+log = logging.getLogger(__name__)
 
 MASK_FILE = "mask.json"
 WIDTHS_FILE = "widths.png"
@@ -53,9 +56,27 @@ class AtoCallback(Callback):
                 self._warned_step = True
             p.global_step = expected
         was_frozen = p.frozen
-        p.step(optimizer)
+        cut = p.step(optimizer)
         if p.frozen and not was_frozen:
             self.write_mask(getattr(trainer, "run_dir", None))
+        if cut:
+            # The optimizer was moved onto the compact parameters in place; keep it and the LR schedule.
+            trainer.replace_model(p.model, optimizer=trainer.optimizer, scheduler=getattr(trainer, "scheduler", None))
+            p.model = trainer.model
+            r = p.cut_report
+            log.info(
+                "ATO: cut at step %d: MACs %d -> %d, params %d -> %d",
+                r["step"], r["macs_before"], r["macs_after"], r["params_before"], r["params_after"],
+            )  # fmt: skip
+
+    def on_load_checkpoint(self, trainer: Any, ckpt: dict[str, Any]) -> None:
+        # Called after load_state_dict and before the model/optimizer states load: when the checkpoint was
+        # written after the cut, the pruner rebuilt the compact architecture; train it with a fresh optimizer
+        # (same hyper-parameters) whose state then comes from the checkpoint.
+        p = self.pruner
+        if p.cut and trainer.model is not p.model:
+            trainer.replace_model(p.model)
+            p.model = trainer.model
 
     def on_train_epoch_end(self, trainer: Any, epoch: int) -> dict[str, float] | None:
         return self.pruner.metrics()

@@ -45,6 +45,8 @@ class AtoConfig:
     calibrate_freeze: bool = True
     tolerance: float = 1e-4
     seed: int = 0
+    # "end": the network is cut physically by export(); "freeze": right after the mask freezes
+    surgery: str = "end"
 
     def __post_init__(self) -> None:
         if self.resource_loss not in RESOURCE_LOSSES:
@@ -53,6 +55,8 @@ class AtoConfig:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         if self.min_channels < 0:
             raise ConfigError(f"min_channels must be >= 0, got {self.min_channels}")
+        if self.surgery not in ("end", "freeze"):
+            raise ConfigError(f"surgery={self.surgery!r}; choose 'end' or 'freeze'")
         if not 0 <= self.dead_zone < 1:
             raise ConfigError(f"dead_zone must be in [0, 1), got {self.dead_zone}")
 

@@ -230,7 +230,7 @@ def run_training(cfg: Config, callbacks: list[Callback] | None = None) -> RunRes
     if pruner is None:
         _report_dense(result, started)
     else:
-        _report_pruned(result, trainer, pruner, example, test_loader, started)
+        _report_pruned(result, trainer, pruner, model, example, test_loader, started)
     return result
 
 
@@ -251,11 +251,19 @@ def _report_dense(result: RunResult, started: float) -> None:
 
 
 def _report_pruned(
-    result: RunResult, trainer: Trainer, pruner: Callback, example: torch.Tensor, test_loader: DataLoader,
-    started: float,
+    result: RunResult, trainer: Trainer, pruner: Callback, dense_model: nn.Module, example: torch.Tensor,
+    test_loader: DataLoader, started: float,
 ) -> None:  # fmt: skip
     """Export, evaluate, time and save the compact model; log the outputs and the before/after table."""
     cfg, run_dir, dense = result.config, result.run_dir, result.results["dense"]
+    if getattr(getattr(pruner, "pruner", pruner), "cut", False):
+        # surgery="freeze": the trainer ended on the compact model, so there is no trained dense network to
+        # evaluate; latency only depends on the architecture, so the dense one is timed from `dense_model`.
+        dense["test_top1"] = None
+        dense.pop("test_top5", None)
+        dense["note"] = "cut during training (surgery=freeze): no dense accuracy at the end"
+    else:
+        dense_model = trainer.model
     compact = pruner.export().to(trainer.device)  # type: ignore[attr-defined]
     report = dict(getattr(getattr(pruner, "pruner", pruner), "export_report", None) or {})
     result.compact = compact
@@ -263,7 +271,7 @@ def _report_pruned(
     result.compact_macs = count_macs(compact, example.to(trainer.device))
     result.compact_metrics = trainer.evaluate(test_loader, model=compact)
     log.info("measuring CPU latency of the dense and the compact model ...")
-    latency = cpu_latency({"dense": trainer.model, "compact": compact}, example)
+    latency = cpu_latency({"dense": dense_model, "compact": compact}, example)
     after = {"test_top1": result.compact_metrics["top1"], "params": result.compact_params,
              "macs": result.compact_macs}  # fmt: skip
     if "top5" in result.compact_metrics:
@@ -273,7 +281,7 @@ def _report_pruned(
     result.results.update(
         compact=after,
         change={
-            "test_top1_pt": after["test_top1"] - dense["test_top1"],
+            "test_top1_pt": None if dense["test_top1"] is None else after["test_top1"] - dense["test_top1"],
             **{f"{k}_ratio": _ratio(after[k], dense[k]) for k in ("params", "macs", *latency["ms"])},
         },
         equivalence={
@@ -290,7 +298,7 @@ def _report_pruned(
            "kwargs": dict(cfg.model.kwargs)}  # fmt: skip
     log.info("saving the compact model ...")
     try:
-        result.artifacts = save_compact(compact, example, run_dir, zoo=zoo, reference=trainer.model)
+        result.artifacts = save_compact(compact, example, run_dir, zoo=zoo, reference=dense_model)
     finally:
         result.seconds = time.perf_counter() - started
         result.results["artifacts"] = {k: str(v) for k, v in result.artifacts.items()}
@@ -359,8 +367,11 @@ def format_comparison(results: dict[str, Any]) -> str:
         word = f"{speedup:.2f}x faster" if speedup >= 1 else f"{1 / speedup:.2f}x slower"
         return f"x{c[key] / d[key]:.2f} ({word})"
 
-    rows = [("test top-1", f"{d['test_top1']:.2f}%", f"{c['test_top1']:.2f}%",
-             f"{c['test_top1'] - d['test_top1']:+.2f} pt")]  # fmt: skip
+    if d["test_top1"] is None:  # cut during training: no dense network left to evaluate
+        rows = [("test top-1", "-", f"{c['test_top1']:.2f}%", "n/a (cut during training)")]
+    else:
+        rows = [("test top-1", f"{d['test_top1']:.2f}%", f"{c['test_top1']:.2f}%",
+                 f"{c['test_top1'] - d['test_top1']:+.2f} pt")]  # fmt: skip
     if "test_top5" in d and "test_top5" in c:
         rows.append(("test top-5", f"{d['test_top5']:.2f}%", f"{c['test_top5']:.2f}%",
                      f"{c['test_top5'] - d['test_top5']:+.2f} pt"))  # fmt: skip

@@ -1,0 +1,178 @@
+"""ATO with surgery="freeze": the network is cut physically when the mask freezes and training continues compact."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from autotrainonce.ato import AutoTrainOnce, Flops
+from autotrainonce.ato.callback import AtoCallback
+from autotrainonce.errors import ConfigError
+
+pytest.importorskip("autotrainonce.space.discover", reason="the pruning space (discover) is not available yet")
+
+EX = torch.zeros(1, 1, 8, 8)
+OPTS = dict(controller_start=3, hyper_step=2, proximal_start=6, lambda_switch=24, freeze_at=30,
+            mask_interval=5, controller_lr=1e-2)  # fmt: skip
+
+
+class Net(nn.Module):
+    """Three conv-BN-ReLU layers and a linear classifier, for 1x8x8 digits."""
+
+    def __init__(self, w: int = 8) -> None:
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(1, w, 3, padding=1), nn.BatchNorm2d(w)
+        self.c2, self.b2 = nn.Conv2d(w, 2 * w, 3, padding=1, bias=False), nn.BatchNorm2d(2 * w)
+        self.c3, self.b3 = nn.Conv2d(2 * w, 2 * w, 3, padding=1, bias=False), nn.BatchNorm2d(2 * w)
+        self.fc = nn.Linear(2 * w, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.b1(self.c1(x)))
+        x = F.relu(self.b2(self.c2(x)))
+        x = F.relu(self.b3(self.c3(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+@functools.lru_cache(maxsize=1)
+def digits() -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.data / 16.0, dtype=torch.float32).reshape(-1, 1, 8, 8)
+    return x, torch.tensor(d.target, dtype=torch.long)
+
+
+def _holdout() -> DataLoader:
+    x, y = digits()
+    return DataLoader(TensorDataset(x[1400:1600], y[1400:1600]), batch_size=50)
+
+
+def _n(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _plain_run(surgery: str, steps: int = 45) -> tuple[AutoTrainOnce, list[bool]]:
+    torch.manual_seed(0)
+    model = Net(8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    pruner = AutoTrainOnce(model, EX, Flops(0.4), holdout=_holdout(), total_steps=steps, surgery=surgery, **OPTS)
+    x, y = digits()
+    cuts = []
+    for i in range(steps):
+        m = pruner.model  # after a cut: the compact network, the same optimizer object
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(m(x[i * 20 : (i + 1) * 20]), y[i * 20 : (i + 1) * 20]).backward()
+        opt.step()
+        cuts.append(pruner.step(opt))
+    return pruner, cuts
+
+
+def test_bad_surgery_option():
+    with pytest.raises(ConfigError, match="surgery"):
+        AutoTrainOnce(Net(8), EX, Flops(0.4), total_steps=40, surgery="later")
+
+
+def test_plain_loop_cut_at_freeze_and_training_continues():
+    pruner, cuts = _plain_run("freeze")
+    assert cuts.index(True) == 29 and sum(cuts) == 1  # step 30 is freeze_at
+    assert pruner.cut and pruner.proximal is None
+    assert pruner.controller is None and pruner.controller_optimizer is None
+    masks = pruner.current_masks()
+    assert _n(pruner.model) == pruner.space.params(masks) < pruner.space.params(None)
+    m = pruner.metrics()
+    assert m["ato/cut"] == 1.0 and abs(m["ato/flops_removed"] - 0.4) <= 0.03
+    assert m["ato/zero_channels"] == m["ato/dropped_channels"] > 0
+    compact = pruner.export()
+    assert compact is pruner.model
+    from autotrainonce.measure import count_macs
+
+    removed = 1 - count_macs(compact, EX) / count_macs(Net(8), EX)
+    assert abs(removed - 0.4) <= 0.03
+    assert _n(compact) == pruner.space.params(masks)
+
+
+def test_end_and_freeze_give_the_same_compact_model():
+    # Dropped channels are exactly zero from the freeze on (hard-zeroed, and their momentum cleared), so they
+    # add nothing to the kept channels' forward or gradients: the masked dense run and the compact run follow
+    # the same trajectory up to float summation order. The BN beta of a dropped channel gets a gradient in the
+    # dense run, but the post-freeze proximal step (lambda_high * lr) zeroes it again before the next forward.
+    a, _ = _plain_run("end")
+    b, _ = _plain_run("freeze")
+    assert all(torch.equal(x, y) for x, y in zip(a.mask, b.mask))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the "end" run's dropped channels stayed exactly zero after the freeze
+        ca, cb = a.export(), b.export()
+    x = digits()[0][1600:1700]
+    ca.eval()
+    cb.eval()
+    with torch.no_grad():
+        oa, ob = ca(x), cb(x)
+    assert (oa - ob).abs().max() <= 1e-4 * oa.abs().max()
+    for (k, va), vb in zip(ca.state_dict().items(), cb.state_dict().values()):
+        assert va.shape == vb.shape, k
+        if va.is_floating_point():
+            assert torch.allclose(va, vb, rtol=1e-4, atol=1e-5), k
+
+
+def _trainer_run(run_dir, surgery="freeze", stop_at_epoch=None, resume=None):
+    from autotrainonce.training import Callback, Trainer
+
+    class Interrupt(Callback):
+        def on_train_epoch_start(self, trainer, epoch):
+            if epoch == stop_at_epoch:
+                raise KeyboardInterrupt
+
+    torch.manual_seed(0)
+    model = Net(8)
+    x, y = digits()
+    train = DataLoader(TensorDataset(x[:640], y[:640]), batch_size=64, shuffle=True, drop_last=True)
+    epochs = 4
+    total = epochs * len(train)  # 40 steps, freeze at step 16 (epoch 2)
+    pruner = AutoTrainOnce(model, EX, Flops(0.4), holdout=_holdout(), total_steps=total, surgery=surgery,
+                           hyper_step=2, controller_lr=1e-2, lambda_switch=0.35, freeze_at=0.4)  # fmt: skip
+    cb = AtoCallback(pruner)
+    extra = [Interrupt()] if stop_at_epoch is not None else []
+    trainer = Trainer(model, train, None, epochs=epochs, callbacks=[cb, *extra], run_dir=run_dir, device="cpu",
+                      progress=False)  # fmt: skip
+    with pytest.raises(KeyboardInterrupt) if stop_at_epoch is not None else contextlib.nullcontext():
+        trainer.fit(resume=resume)
+    return trainer, cb
+
+
+def test_trainer_cuts_and_keeps_optimizer_and_schedule(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="autotrainonce.ato.callback"):
+        trainer, cb = _trainer_run(tmp_path / "a")
+    p = cb.pruner
+    assert p.cut and trainer.model is p.model
+    assert _n(trainer.model) == p.space.params(p.current_masks()) < p.space.params(None)
+    assert any("ATO: cut at step 16: MACs" in r.getMessage() for r in caplog.records)
+    # the optimizer and scheduler objects continued: the LR is exactly what the schedule says at the end
+    opt_params = {id(q) for g in trainer.optimizer.param_groups for q in g["params"]}
+    assert opt_params == {id(q) for q in trainer.model.parameters()}
+    sched = trainer.scheduler
+    assert sched.optimizer is trainer.optimizer and sched.last_epoch == trainer.global_step == 40
+    expected = [base * fn(40) for base, fn in zip(sched.base_lrs, sched.lr_lambdas)]
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == pytest.approx(expected)
+    rows = (tmp_path / "a" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 5 and "ato/cut" in rows[0]
+    assert trainer.last_metrics["ato/cut"] == 1.0 and trainer.last_metrics["train_loss"] > 0
+    assert cb.export() is trainer.model
+
+
+def test_trainer_resume_after_the_cut_gives_the_same_run(tmp_path):
+    ta, _ = _trainer_run(tmp_path / "a")
+    _trainer_run(tmp_path / "b", stop_at_epoch=3)  # last.pt after epoch 3 (step 30), after the cut at 16
+    tb, cbb = _trainer_run(tmp_path / "b", resume="auto")
+    assert cbb.pruner.cut and tb.model is cbb.pruner.model and tb.global_step == 40
+    sa, sb = ta.model.state_dict(), tb.model.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k

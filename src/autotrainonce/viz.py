@@ -14,7 +14,7 @@ from matplotlib.ticker import MaxNLocator
 
 from .training.metrics import read_metrics
 
-__all__ = ["plot_curves"]
+__all__ = ["curves_figure", "plot_curves"]
 
 
 def _series(rows: list[dict[str, str]], key: str) -> tuple[list[float], list[float]]:
@@ -27,11 +27,29 @@ def _series(rows: list[dict[str, str]], key: str) -> tuple[list[float], list[flo
     return xs, ys
 
 
+def _first_epoch(rows: list[dict[str, str]], key: str) -> float | None:
+    """The first epoch at whose end ``key`` reads 1 (e.g. ``ato/frozen``, ``ato/cut``), or None."""
+    for row in rows:
+        value = row.get(key, "")
+        if value not in ("", None) and float(value) >= 0.5 and row.get("epoch"):
+            return float(row["epoch"])
+    return None
+
+
 def plot_curves(metrics_csv: str | Path, out_png: str | Path) -> Path:
     """Draw loss and accuracy versus epoch from ``metrics_csv`` into ``out_png``; returns the PNG's path."""
     rows = read_metrics(metrics_csv)
     if not rows:
         raise ValueError(f"{metrics_csv} has no rows to plot")
+    fig = curves_figure(rows)
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    return out
+
+
+def curves_figure(rows: list[dict[str, str]]) -> Figure:
+    """The loss/accuracy figure for metrics rows (as read from metrics.csv), ATO freeze/cut marked."""
     fig = Figure(figsize=(10, 4), dpi=100)
     FigureCanvasAgg(fig)
     ax_loss, ax_acc = fig.subplots(1, 2)
@@ -53,11 +71,13 @@ def plot_curves(metrics_csv: str | Path, out_png: str | Path) -> Path:
             ax.set_xlim(only - 0.5, only + 0.5)
             ax.set_xticks([only])
         ax.set_ylabel(ylabel)
+        # ATO events land in the epoch that ends at the marked row: show where the mask froze / the net was cut
+        for key, label, style in (("ato/frozen", "mask frozen", ":"), ("ato/cut", "network cut", "--")):
+            at = _first_epoch(rows, key)
+            if at is not None:
+                ax.axvline(at - 0.5, color="grey", linestyle=style, label=f"{label} (epoch {at:g})")
         ax.grid(True, alpha=0.3)
         if ax.has_data():
             ax.legend()
     fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    return out
+    return fig

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import json
 import warnings
@@ -15,27 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from ato_nets import EX, Net, digits
 from autotrainonce.ato import AutoTrainOnce, Flops, Params, make_callback
 from autotrainonce.errors import CheckpointError, ConfigError, TargetError
-
-pytest.importorskip("autotrainonce.space.discover", reason="the pruning space (discover) is not available yet")
-
-
-class Net(nn.Module):
-    """Three conv-BN-ReLU layers and a linear classifier, for 1x8x8 digits."""
-
-    def __init__(self, w: int = 16) -> None:
-        super().__init__()
-        self.c1, self.b1 = nn.Conv2d(1, w, 3, padding=1), nn.BatchNorm2d(w)
-        self.c2, self.b2 = nn.Conv2d(w, 2 * w, 3, padding=1, bias=False), nn.BatchNorm2d(2 * w)
-        self.c3, self.b3 = nn.Conv2d(2 * w, 2 * w, 3, padding=1, bias=False), nn.BatchNorm2d(2 * w)
-        self.fc = nn.Linear(2 * w, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.b1(self.c1(x)))
-        x = F.relu(self.b2(self.c2(x)))
-        x = F.relu(self.b3(self.c3(x)))
-        return self.fc(x.mean((2, 3)))
 
 
 class WithFixedPath(nn.Module):
@@ -49,15 +30,6 @@ class WithFixedPath(nn.Module):
         return self.head(F.relu(self.conv(x)).mean((2, 3))) + self.skip(x.flatten(1))
 
 
-@functools.lru_cache(maxsize=1)
-def digits() -> tuple[torch.Tensor, torch.Tensor]:
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.tensor(d.data / 16.0, dtype=torch.float32).reshape(-1, 1, 8, 8)
-    return x, torch.tensor(d.target, dtype=torch.long)
-
-
 def loaders(batch: int = 64) -> tuple[DataLoader, DataLoader, tuple[torch.Tensor, torch.Tensor]]:
     x, y = digits()
     train = DataLoader(TensorDataset(x[:1400], y[:1400]), batch_size=batch, shuffle=True, drop_last=True)
@@ -65,7 +37,6 @@ def loaders(batch: int = 64) -> tuple[DataLoader, DataLoader, tuple[torch.Tensor
     return train, holdout, (x[1600:], y[1600:])
 
 
-EX = torch.zeros(1, 1, 8, 8)
 
 
 # ---------------------------------------------------------------------------------------------- targets, options
@@ -312,7 +283,6 @@ def _trainer_run(run_dir, stop_at_epoch=None, resume=None):
 
 
 def test_trainer_resume_mid_search_gives_the_same_run(tmp_path):
-    pytest.importorskip("autotrainonce.training.trainer")
     model_a, cb_a = _trainer_run(tmp_path / "a")
     _trainer_run(tmp_path / "b", stop_at_epoch=3)  # last.pt after epoch 3 (step 30), inside the search phase
     model_b, cb_b = _trainer_run(tmp_path / "b", resume="auto")

@@ -3,60 +3,27 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from ato_nets import EX, Net, digits
 from autotrainonce.ato import AutoTrainOnce, Flops
 from autotrainonce.ato.callback import AtoCallback
 from autotrainonce.errors import ConfigError
+from autotrainonce.models import count_params
 
-pytest.importorskip("autotrainonce.space.discover", reason="the pruning space (discover) is not available yet")
-
-EX = torch.zeros(1, 1, 8, 8)
 OPTS = dict(controller_start=3, hyper_step=2, proximal_start=6, lambda_switch=24, freeze_at=30,
             mask_interval=5, controller_lr=1e-2)  # fmt: skip
-
-
-class Net(nn.Module):
-    """Three conv-BN-ReLU layers and a linear classifier, for 1x8x8 digits."""
-
-    def __init__(self, w: int = 8) -> None:
-        super().__init__()
-        self.c1, self.b1 = nn.Conv2d(1, w, 3, padding=1), nn.BatchNorm2d(w)
-        self.c2, self.b2 = nn.Conv2d(w, 2 * w, 3, padding=1, bias=False), nn.BatchNorm2d(2 * w)
-        self.c3, self.b3 = nn.Conv2d(2 * w, 2 * w, 3, padding=1, bias=False), nn.BatchNorm2d(2 * w)
-        self.fc = nn.Linear(2 * w, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.b1(self.c1(x)))
-        x = F.relu(self.b2(self.c2(x)))
-        x = F.relu(self.b3(self.c3(x)))
-        return self.fc(x.mean((2, 3)))
-
-
-@functools.lru_cache(maxsize=1)
-def digits() -> tuple[torch.Tensor, torch.Tensor]:
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.tensor(d.data / 16.0, dtype=torch.float32).reshape(-1, 1, 8, 8)
-    return x, torch.tensor(d.target, dtype=torch.long)
 
 
 def _holdout() -> DataLoader:
     x, y = digits()
     return DataLoader(TensorDataset(x[1400:1600], y[1400:1600]), batch_size=50)
-
-
-def _n(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def _plain_run(surgery: str, steps: int = 45) -> tuple[AutoTrainOnce, list[bool]]:
@@ -86,7 +53,7 @@ def test_plain_loop_cut_at_freeze_and_training_continues():
     assert pruner.cut and pruner.proximal is None
     assert pruner.controller is None and pruner.controller_optimizer is None
     masks = pruner.current_masks()
-    assert _n(pruner.model) == pruner.space.params(masks) < pruner.space.params(None)
+    assert count_params(pruner.model) == pruner.space.params(masks) < pruner.space.params(None)
     m = pruner.metrics()
     assert m["ato/cut"] == 1.0 and abs(m["ato/flops_removed"] - 0.4) <= 0.03
     assert m["ato/zero_channels"] == m["ato/dropped_channels"] > 0
@@ -96,7 +63,7 @@ def test_plain_loop_cut_at_freeze_and_training_continues():
 
     removed = 1 - count_macs(compact, EX) / count_macs(Net(8), EX)
     assert abs(removed - 0.4) <= 0.03
-    assert _n(compact) == pruner.space.params(masks)
+    assert count_params(compact) == pruner.space.params(masks)
 
 
 def test_end_and_freeze_give_the_same_compact_model():
@@ -152,7 +119,7 @@ def test_trainer_cuts_and_keeps_optimizer_and_schedule(tmp_path, caplog):
         trainer, cb = _trainer_run(tmp_path / "a")
     p = cb.pruner
     assert p.cut and trainer.model is p.model
-    assert _n(trainer.model) == p.space.params(p.current_masks()) < p.space.params(None)
+    assert count_params(trainer.model) == p.space.params(p.current_masks()) < p.space.params(None)
     assert any("ATO: cut at step 16: MACs" in r.getMessage() for r in caplog.records)
     # the optimizer and scheduler objects continued: the LR is exactly what the schedule says at the end
     opt_params = {id(q) for g in trainer.optimizer.param_groups for q in g["params"]}

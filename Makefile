@@ -12,7 +12,7 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,onnx]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,onnx,bench]'
 	touch $@
 
 # Debian's dataset-fashion-mnist package; installed when we are root, otherwise we say how.

@@ -1,0 +1,468 @@
+"""One cell of bench/compare.py: train one (model, method, target, seed) and measure its compact model.
+
+Every method trains through the same :class:`~autotrainonce.training.Trainer` with the same data, model,
+optimizer recipe and epochs; a method is a set of Trainer callbacks plus a ``finish`` step that hands back
+the compact network. Runs in the main process or in a worker process (``--jobs``); a cell returns a plain
+dict, and saves its compact model for the latency measurement that compare.py does afterwards.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from _common import EpochTimer
+from _peers import (
+    OtoHessoCallback,
+    TorchPruningCallback,
+    missing_peer,
+    probe_outputs,
+    relative_change,
+)
+from torch import nn
+from torch.optim import Optimizer
+from torch.utils.data import DataLoader
+
+from autotrainonce import data, discover, models
+from autotrainonce.config import Config, merge_overrides
+from autotrainonce.measure import count_macs, count_params
+from autotrainonce.space import PruningSpace
+from autotrainonce.training import Callback, Trainer
+from autotrainonce.training.run import build_data, resolve_model_config
+from autotrainonce.training.trainer import evaluate_model
+from autotrainonce.training.utils import count_steps, resolve_device, seed_everything
+
+__all__ = [
+    "METHODS",
+    "PRUNING_METHODS",
+    "LIBRARY_METHODS",
+    "CellSpec",
+    "run_cell",
+    "safe_run_cell",
+    "warm_up",
+    "worker_init",
+    "l1_scores",
+    "greedy_masks",
+    "kept_widths",
+    "window_steps",
+]
+
+log = logging.getLogger("bench.compare")
+
+METHODS = ("dense", "ato", "ato-freeze", "torch-pruning", "oto-hesso", "l1-oneshot")
+PRUNING_METHODS = METHODS[1:]
+LIBRARY_METHODS = ("dense", "ato", "ato-freeze", "l1-oneshot")  # a failure here is a failure of the benchmark
+CUT_TOLERANCE = 1e-3  # relative output change above which a cut is lossy (the network must train on after it)
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """Everything a (possibly separate) process needs to run one cell."""
+
+    model: str
+    method: str
+    target: float | None  # fraction of MACs to remove; None for dense
+    seed: int
+    config: Config  # the shared recipe (data, optimizer, schedule, epochs, ATO options)
+    out_dir: str
+    window: tuple[float, float] = (0.2, 0.51)  # pruning window as fractions of training
+    prune_steps: int = 5  # Torch-Pruning steps inside the window
+    hesso_periods: int = 1  # HESSO pruning periods inside the window (OTO's default: 1)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        tag = self.method if self.target is None else f"{self.method}{self.target * 100:g}"
+        return f"{self.model}-s{self.seed}-{tag}"
+
+    @property
+    def target_pct(self) -> float:
+        return 0.0 if self.target is None else 100.0 * self.target
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def window_steps(window: tuple[float, float], total_steps: int, steps: int) -> list[int]:
+    """``steps`` optimizer-step numbers (1-based) spread evenly from the start to the end of ``window``."""
+    start = max(1, min(total_steps, round(window[0] * total_steps)))
+    end = max(start, min(total_steps, round(window[1] * total_steps)))
+    if steps <= 1:
+        return [end]
+    return sorted({round(start + (end - start) * k / (steps - 1)) for k in range(steps)})
+
+
+def l1_scores(space: PruningSpace, model: nn.Module) -> dict[int, torch.Tensor]:
+    """Per prunable group: the L1 norm of each channel's producing weights, divided by the group's mean.
+
+    Producing weights are the group's ``role == "out"`` parameter members (conv filters, linear rows); the
+    division by the group mean makes layers of different fan-in comparable in one global ranking.
+    """
+    scores: dict[int, torch.Tensor] = {}
+    for gi in space.prunable_indices:
+        g = space.groups[gi]
+        members = [m for m in g.members if m.kind == "param" and m.role == "out"] or g.param_members()
+        total = torch.zeros(g.size, dtype=torch.float64)
+        for m in members:
+            w = getattr(model.get_submodule(m.module), m.name).detach().abs().double().cpu()
+            per_position = w.movedim(m.dim, 0).reshape(w.shape[m.dim], -1).sum(dim=1)
+            total.index_add_(0, m.channel, per_position[m.index])
+        mean = float(total.mean())
+        scores[gi] = total / mean if mean > 0 else torch.ones(g.size, dtype=torch.float64)
+    return scores
+
+
+def greedy_masks(
+    space: PruningSpace, scores: dict[int, torch.Tensor], remove: float, min_channels: int = 1
+) -> list[torch.Tensor | None]:
+    """Masks dropping the lowest-scored channels, globally, until at least ``remove`` of the MACs are gone.
+
+    Channels are dropped in ascending score order (each group keeps its ``min_channels`` best); the number
+    dropped is the smallest whose exact cost (``space.flops``) meets the target, found by bisection since
+    dropping more never adds MACs. When even dropping every allowed channel misses the target, that is used.
+    """
+    order: list[tuple[float, int, int]] = []
+    for gi, s in scores.items():
+        ranked = torch.argsort(s, descending=True)
+        for c in ranked[min_channels:].tolist():
+            order.append((float(s[c]), gi, c))
+    order.sort()
+    dense = space.flops(None)
+    goal = (1.0 - remove) * dense
+
+    def masks_for(k: int) -> list[torch.Tensor | None]:
+        masks: list[torch.Tensor | None] = space.full_masks()
+        for _, gi, c in order[:k]:
+            if masks[gi] is None:
+                masks[gi] = torch.ones(space.groups[gi].size, dtype=torch.bool)
+            masks[gi][c] = False  # type: ignore[index]
+        return masks
+
+    lo, hi = 0, len(order)  # flops(masks_for(hi)) is the least reachable
+    if space.flops(masks_for(hi)) > goal:
+        return masks_for(hi)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if space.flops(masks_for(mid)) <= goal:
+            hi = mid
+        else:
+            lo = mid + 1
+    return masks_for(lo)
+
+
+def kept_widths(dense: nn.Module, compact: nn.Module) -> dict[str, float]:
+    """Kept fraction of output channels of every conv of ``dense`` (by module name) in ``compact``."""
+    out: dict[str, float] = {}
+    for name, module in dense.named_modules():
+        if not isinstance(module, nn.Conv2d):
+            continue
+        try:
+            other = compact.get_submodule(name)
+        except AttributeError:
+            continue
+        out[name] = float(other.out_channels) / float(module.out_channels)
+    return out
+
+
+def _prunable_modules(space: PruningSpace) -> list[str]:
+    """Modules producing channels of prunable groups (the layers whose widths a pruner may change)."""
+    names = {m.module for g in space.groups if g.prunable for m in g.members if m.role == "out"}
+    return sorted(n for n in names if n)
+
+
+def _unprunable_modules(space: PruningSpace) -> list[str]:
+    """Modules producing channels of unprunable groups (outputs, residual streams behind a padding shortcut)."""
+    names = {m.module for g in space.groups if not g.prunable for m in g.members if m.role == "out"}
+    return sorted(n for n in names if n)
+
+
+def _probe_images(loader: Any, n: int = 64) -> torch.Tensor:
+    """The first ``n`` images of ``loader`` on the CPU (repeated if it has fewer)."""
+    parts, have = [], 0
+    for batch in loader:
+        parts.append(batch[0].cpu())
+        have += parts[-1].shape[0]
+        if have >= n:
+            break
+    x = torch.cat(parts)
+    reps = -(-n // x.shape[0])
+    return x.repeat(reps, *([1] * (x.dim() - 1)))[:n].contiguous()
+
+
+def _loader(ds: Any, batch_size: int, device: torch.device, train: bool) -> DataLoader:
+    n = len(ds)
+    return DataLoader(ds, batch_size=batch_size, shuffle=train, drop_last=train and n >= batch_size,
+                      num_workers=0, pin_memory=device.type == "cuda")  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------ our methods
+class L1OneShotCallback(Callback):
+    """Prune once, at ``at_step``, by the L1 norm of the filters, to the MACs target; then train on."""
+
+    def __init__(self, target: float, at_step: int, example: torch.Tensor, probe: torch.Tensor) -> None:
+        self.target = float(target)
+        self.at_step = int(at_step)
+        self.example = example
+        self.probe = probe
+        self.cut_change = math.nan
+        self.removed = math.nan
+
+    @property
+    def state_key(self) -> str:
+        return "l1_oneshot"
+
+    def on_after_optimizer_step(self, trainer: Any, optimizer: Optimizer) -> None:
+        if int(trainer.global_step) != self.at_step:
+            return
+        model = trainer.model
+        device = next(model.parameters()).device
+        training = model.training
+        model.eval()
+        try:
+            space = discover(model, self.example.to(device))
+        finally:
+            model.train(training)
+        masks = greedy_masks(space, l1_scores(space, model), self.target)
+        self.removed = 1.0 - space.flops(masks) / space.flops(None)
+        before = probe_outputs(model, self.probe)
+        compact = space.prune(model, masks, check=False, optimizer=trainer.optimizer)
+        self.cut_change = relative_change(before, probe_outputs(compact, self.probe))
+        # the optimizer was moved onto the compact parameters (momentum sliced); keep it and the LR schedule
+        trainer.replace_model(compact, optimizer=trainer.optimizer, scheduler=trainer.scheduler)
+
+
+class _AtoCutProbe:
+    """Measures how much ATO's freeze (hard zeroing, and the cut with surgery="freeze") changes the outputs."""
+
+    def __init__(self, pruner: Any, probe: torch.Tensor) -> None:
+        self.pruner = pruner
+        self.probe = probe
+        self.change = math.nan
+        original = pruner.freeze
+
+        def freeze(optimizer: Optimizer | None = None) -> None:
+            if pruner.frozen:
+                return original(optimizer)
+            before = probe_outputs(pruner.model, probe)
+            original(optimizer)
+            self.change = relative_change(before, probe_outputs(pruner.model, probe))
+
+        pruner.freeze = freeze  # instance attribute: only this pruner is observed
+
+
+@dataclass
+class _Method:
+    """What one method adds to the shared Trainer run."""
+
+    callbacks: list[Callback]
+    finish: Callable[[Trainer], nn.Module]
+    cut_changes: Callable[[], list[float]]
+    describe: Callable[[], str]
+    search_seconds: Callable[[], float] = lambda: 0.0
+
+
+def _setup(spec: CellSpec, cfg: Config, model: nn.Module, example: torch.Tensor, probe: torch.Tensor,
+           holdout: DataLoader | None, total_steps: int, cell_dir: Path, dense_macs: int) -> _Method:  # fmt: skip
+    """The callbacks and the finishing step of ``spec.method``."""
+    method = spec.method
+    if method == "dense":
+        return _Method([], lambda t: t.model, lambda: [], lambda: "")
+    if method in ("ato", "ato-freeze"):
+        from autotrainonce.ato import make_callback
+
+        cb = make_callback(cfg.prune, model, example, holdout, total_steps)
+        cut_probe = _AtoCutProbe(cb.pruner, probe)
+        state: dict[str, float] = {}
+
+        def finish(trainer: Trainer) -> nn.Module:
+            compact = cb.export()
+            if not cb.pruner.cut:  # surgery="end": the masked trained network against the exported one
+                with cb.pruner.space.masked(trainer.model, cb.pruner.current_masks()):
+                    masked = probe_outputs(trainer.model, probe)
+                state["export"] = relative_change(masked, probe_outputs(compact, probe))
+            return compact
+
+        options = cfg.prune.options
+        return _Method(
+            [cb], finish,
+            lambda: [c for c in (cut_probe.change, state.get("export", math.nan)) if not math.isnan(c)],
+            lambda: f"surgery={options.get('surgery', 'end')}, hyper_step={options.get('hyper_step', 20)}",
+        )  # fmt: skip
+    if method == "l1-oneshot":
+        at = window_steps(spec.window, total_steps, 1)[0]
+        l1 = L1OneShotCallback(float(spec.target), at, example, probe)
+        return _Method([l1], lambda t: t.model, lambda: [l1.cut_change],
+                       lambda: f"one shot at step {at} ({100 * l1.removed:.1f}% MACs by the exact cost)")  # fmt: skip
+    space = discover(copy.deepcopy(model).eval(), example)
+    unprunable = _unprunable_modules(space)
+    if method == "torch-pruning":
+        at = window_steps(spec.window, total_steps, spec.prune_steps)
+        tp_cb = TorchPruningCallback(float(spec.target), at, example, unprunable, dense_macs, probe)
+        return _Method([tp_cb], lambda t: t.model, lambda: tp_cb.cut_changes, tp_cb.describe,
+                       lambda: tp_cb.search_seconds)  # fmt: skip
+    if method == "oto-hesso":
+        steps = window_steps(spec.window, total_steps, 2)
+        params = [
+            f"{name}.{p}" for name in unprunable for p, _ in model.get_submodule(name).named_parameters()
+        ]
+        (cell_dir / "oto").mkdir(parents=True, exist_ok=True)
+        oto_cb = OtoHessoCallback(
+            float(spec.target), steps[0], steps[-1] - steps[0], spec.hesso_periods, example, params, dense_macs,
+            probe, str(cell_dir / "oto"), momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
+        )  # fmt: skip
+        return _Method([oto_cb], oto_cb.finish, lambda: [oto_cb.cut_change], oto_cb.describe,
+                       lambda: oto_cb.search_seconds)  # fmt: skip
+    raise ValueError(f"unknown method {method!r}")
+
+
+# ------------------------------------------------------------------------------------------------ one cell
+def cell_config(spec: CellSpec) -> Config:
+    """The shared recipe with this cell's model, seed, run name and (for ATO) the target and surgery."""
+    prune: dict[str, Any] = {"method": "none"}
+    if spec.method in ("ato", "ato-freeze"):
+        options = dict(spec.config.prune.options)
+        options["surgery"] = "freeze" if spec.method == "ato-freeze" else "end"
+        prune = {"method": "ato", "remove_flops": spec.target, "options": options}
+    return merge_overrides(
+        spec.config,
+        {"model": {"name": spec.model}, "run": {"seed": spec.seed, "name": spec.name}, "prune": prune},
+    )
+
+
+def run_cell(spec: CellSpec) -> dict[str, Any]:
+    """Train and measure one cell; raises on failure (see :func:`safe_run_cell`)."""
+    row: dict[str, Any] = {"model": spec.model, "method": spec.method, "target_pct": spec.target_pct,
+                           "seed": spec.seed, "error": ""}  # fmt: skip
+    missing = missing_peer(spec.method)
+    if missing:
+        raise ModuleNotFoundError(missing)
+    started = time.perf_counter()
+    cfg = cell_config(spec)
+    seed_everything(spec.seed)
+    device = resolve_device(cfg.run.device)
+    cfg = resolve_model_config(cfg, data.info(cfg.data.name, root=cfg.data.root, **cfg.data.options))
+    run_data = build_data(cfg)
+    model = models.create(cfg.model.name, num_classes=cfg.model.num_classes, in_channels=cfg.model.in_channels,
+                          **cfg.model.kwargs)  # fmt: skip
+    example = run_data.test[0][0].unsqueeze(0)
+    cell_dir = Path(spec.out_dir) / spec.name
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    d = cfg.data
+    train_loader = _loader(run_data.train, d.batch_size, device, train=True)
+    test_loader = _loader(run_data.test, d.eval_batch_size, device, train=False)
+    holdout = (
+        _loader(run_data.holdout, d.batch_size, device, train=True) if run_data.holdout is not None else None
+    )
+    probe = _probe_images(test_loader, 64)
+    dense_macs = count_macs(model, example)
+    total_steps = cfg.run.epochs * count_steps(train_loader, cfg.run.max_steps_per_epoch)
+    method = _setup(spec, cfg, model, example, probe, holdout, total_steps, cell_dir, dense_macs)
+    timer = EpochTimer()
+    trainer = Trainer(model, train_loader, None, config=cfg, callbacks=[timer, *method.callbacks],
+                      run_dir=cell_dir, model_name=cfg.model.name, progress=False)  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        trainer.fit()
+        compact = method.finish(trainer)
+    row["run_s"] = time.perf_counter() - started
+    messages = sorted({f"{w.category.__name__}: {w.message}" for w in caught})
+    row["warnings"] = " | ".join(messages)[:500]
+
+    # ---- measurements of the finished cell (not timed)
+    row["epochs"] = cfg.run.epochs
+    row["epoch_s"] = sum(timer.train_seconds) / max(1, len(timer.train_seconds))
+    row["steps_per_epoch"] = int(trainer.steps_per_epoch)
+    row["step_ms"] = 1000.0 * row["epoch_s"] / max(1, row["steps_per_epoch"])
+    row["train_images"] = len(run_data.train)
+    row["search_s"] = method.search_seconds()
+    row["test_top1"] = evaluate_model(compact, test_loader, trainer.device)["top1"]
+    dense_cpu = models.create(cfg.model.name, num_classes=cfg.model.num_classes,
+                              in_channels=cfg.model.in_channels, **cfg.model.kwargs).eval()  # fmt: skip
+    compact_cpu = copy.deepcopy(compact).to("cpu", memory_format=torch.contiguous_format).eval()
+    x1 = probe[:1]
+    row["dense_macs"], row["dense_params"] = count_macs(dense_cpu, x1), count_params(dense_cpu)
+    row["compact_macs"], row["compact_params"] = count_macs(compact_cpu, x1), count_params(compact_cpu)
+    row["macs_removed_pct"] = 100.0 * (1.0 - row["compact_macs"] / row["dense_macs"])
+    row["params_removed_pct"] = 100.0 * (1.0 - row["compact_params"] / row["dense_params"])
+    row["macs_gap_pp"] = row["macs_removed_pct"] - spec.target_pct if spec.target is not None else 0.0
+    changes = [c for c in method.cut_changes() if not math.isnan(c)]
+    row["cut_change"] = max(changes) if changes else math.nan
+    if spec.method == "dense":
+        row["finetune"] = "—"
+    elif not changes:
+        row["finetune"] = "?"
+    else:
+        row["finetune"] = "yes" if row["cut_change"] > CUT_TOLERANCE else "no"
+    row["setting"] = method.describe()
+    row["widths"] = kept_widths(dense_cpu, compact_cpu)
+    row["prunable_layers"] = _prunable_modules(discover(dense_cpu, x1))
+    row["num_classes"], row["in_channels"] = cfg.model.num_classes, cfg.model.in_channels
+    row["run_dir"] = str(cell_dir)
+    row["compact_path"] = str(cell_dir / "compact.pt")
+    torch.save(compact_cpu, cell_dir / "compact.pt")  # for the latency measurement after all cells
+    torch.save(probe, cell_dir / "probe.pt")
+    return row
+
+
+def safe_run_cell(spec: CellSpec) -> dict[str, Any]:
+    """:func:`run_cell`, with a failure turned into a row whose ``error`` says why (the run goes on)."""
+    log.info("=== %s (%s)", spec.name, spec.method)
+    try:
+        return run_cell(spec)
+    except Exception as exc:
+        if not isinstance(exc, ModuleNotFoundError):
+            log.error("%s failed:\n%s", spec.name, traceback.format_exc())
+        else:
+            log.warning("%s skipped: %s", spec.name, exc)
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return {"model": spec.model, "method": spec.method, "target_pct": spec.target_pct, "seed": spec.seed,
+                "run_dir": str(Path(spec.out_dir) / spec.name),
+                "error": f"{type(exc).__name__}: {message}"[:300]}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------ processes
+def warm_up(base: Config, model_names: Sequence[str], methods: Sequence[str]) -> None:
+    """Pay one-time costs before any timed cell: data files, lazy imports, first kernels, peer imports."""
+    import autotrainonce.ato  # noqa: F401
+
+    cfg = resolve_model_config(base, data.info(base.data.name, root=base.data.root, **base.data.options))
+    run_data = build_data(cfg)
+    x, y = next(iter(DataLoader(run_data.train, batch_size=base.data.batch_size, shuffle=False)))
+    device = resolve_device(base.run.device)
+    x, y = x.to(device), y.to(device)
+    for name in model_names:
+        model = models.create(name, num_classes=cfg.model.num_classes, in_channels=cfg.model.in_channels).to(
+            device
+        )
+        count_macs(model, x[:1])  # the first FlopCounterMode imports torch._dynamo (seconds)
+        model.train()
+        nn.functional.cross_entropy(model(x), y).backward()
+    for method in methods:
+        if missing_peer(method):
+            continue
+        try:
+            if method == "torch-pruning":
+                import torch_pruning  # noqa: F401
+            elif method == "oto-hesso":
+                from _peers import import_oto
+
+                import_oto()
+        except Exception as exc:  # the cell will fail and say why
+            log.warning("importing the %s peer failed: %s", method, exc)
+
+
+def worker_init(
+    threads: int | None, level: int, base: Config, model_names: list[str], methods: list[str]
+) -> None:
+    """Initializer of a ``--jobs`` worker process: threads, logging, warm-up."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    logging.basicConfig(level=level, format="%(message)s")
+    warm_up(base, model_names, methods)

@@ -1,0 +1,378 @@
+"""Side-by-side benchmark: ATO (this library) against Torch-Pruning, OTO/HESSO and L1 one-shot pruning.
+
+Every method trains the same model on the same data with the same recipe (the library's Trainer: SGD with
+Nesterov momentum, cosine LR, batch 128) for the same number of epochs, in one invocation on one machine;
+each exported compact model is then measured the same way: test top-1, MACs and parameters removed, time per
+epoch and per run relative to the dense run, CPU latency at batch 1 and 64 relative to the dense network.
+
+    python bench/compare.py --model resnet20 --data fashion-mnist --epochs 5 --remove-flops 0.3,0.5,0.7
+    python bench/compare.py --model resnet20 --epochs 1 --train-subset 3000 --remove-flops 0.5   # a short check
+    python bench/compare.py --quick                                                          # CI smoke (digits)
+
+Writes results.md / results.csv / results.json and accuracy_vs_macs.png / kept_channels.png under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import logging
+import multiprocessing
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (  # noqa: E402
+    environment,
+    paired_latency,
+    parse_floats,
+    parse_ints,
+    parse_list,
+    write_csv,
+    write_json,
+)
+from _compare_cells import (  # noqa: E402
+    LIBRARY_METHODS,
+    METHODS,
+    CellSpec,
+    safe_run_cell,
+    warm_up,
+    worker_init,
+)
+from _compare_report import (  # noqa: E402
+    COLUMNS,
+    add_ratios,
+    order_rows,
+    per_run_table,
+    plot_accuracy,
+    plot_target,
+    plot_widths,
+    results_table,
+    summarize,
+)
+
+from autotrainonce import data, models  # noqa: E402
+from autotrainonce.config import Config, config_from_dict, merge_overrides  # noqa: E402
+from autotrainonce.errors import UserError  # noqa: E402
+from autotrainonce.measure import latency_ms  # noqa: E402
+from autotrainonce.training.utils import resolve_device  # noqa: E402
+
+log = logging.getLogger("bench.compare")
+
+SCRIPT = "bench/compare.py"
+DEFAULTS: dict[str, Any] = {
+    "model": "resnet20", "data": "fashion-mnist", "epochs": 10, "remove_flops": "0.3,0.5,0.7", "seeds": "0",
+    "batch_size": 128, "lr": 0.1, "prune_steps": 5, "jobs": 1,
+}  # fmt: skip
+QUICK: dict[str, Any] = {
+    "model": "resnet20", "data": "digits", "epochs": 2, "remove_flops": "0.5", "seeds": "0",
+    "batch_size": 64, "lr": 0.1, "prune_steps": 2, "jobs": 1,
+}  # fmt: skip
+# quick runs have ~40 steps: the ATO controller steps every 2 of them (default: every 20); 8x8 digits: no crop
+QUICK_OVERRIDES: dict[str, Any] = {"data.augment": False, "prune.options": {"hyper_step": 2}}
+PLOTS = ("accuracy_vs_macs.png", "kept_channels.png")
+
+
+# ------------------------------------------------------------------------------------------------ arguments
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Command-line options; unset ones take the --quick or the normal defaults."""
+    p = argparse.ArgumentParser(prog=SCRIPT, description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", help=f"model name(s), comma-separated (default {DEFAULTS['model']})")
+    p.add_argument("--data", help="dataset: fashion-mnist (default) or digits (the --quick smoke run)")
+    p.add_argument("--epochs", type=int, help=f"epochs of every run (default {DEFAULTS['epochs']})")
+    p.add_argument("--remove-flops", help=f"fractions of MACs to remove (default {DEFAULTS['remove_flops']})")
+    p.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
+    p.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1 (default 0)")
+    p.add_argument("--train-subset", type=int, help="train on the first N training images only")
+    p.add_argument("--batch-size", type=int, help=f"training batch (default {DEFAULTS['batch_size']})")
+    p.add_argument("--lr", type=float, help=f"peak SGD learning rate (default {DEFAULTS['lr']})")
+    p.add_argument("--warmup-epochs", type=float, default=0.5, help="linear LR warm-up (default 0.5)")
+    p.add_argument("--prune-window", default="0.2,0.51",
+                   help="start,end of the peers' pruning window as fractions of training (default 0.2,0.51: "
+                        "ATO's proximal start and mask freeze)")  # fmt: skip
+    p.add_argument(
+        "--prune-steps", type=int, help="Torch-Pruning pruning steps in the window (default 5; quick: 2)"
+    )
+    p.add_argument(
+        "--hesso-periods",
+        type=int,
+        default=1,
+        help="HESSO pruning periods in the window (default 1, OTO's own)",
+    )
+    p.add_argument("--device", default="auto", help="training device: auto (default), cpu, cuda")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for every run, e.g. --set prune.options.hyper_step=10 (YAML value)")  # fmt: skip
+    p.add_argument(
+        "--threads", type=int, help="torch intra-op threads per process (default: torch's; quick: 1)"
+    )
+    p.add_argument(
+        "--jobs", type=int, help="cells run in parallel worker processes, 1 thread each (default 1)"
+    )
+    p.add_argument("--latency-rounds", type=int, help="alternating dense/compact latency rounds (default 3)")
+    p.add_argument("--out", type=Path, help="output folder (default runs/bench-compare-<timestamp>)")
+    p.add_argument("--quick", action="store_true", help="digits, 2 epochs, 50%% only: a smoke run for CI")
+    p.add_argument("--quiet", action="store_true", help="log warnings only")
+    args = p.parse_args(argv)
+    base = QUICK if args.quick else DEFAULTS
+    for key, value in base.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.latency_rounds is None:
+        args.latency_rounds = 1 if args.quick else 3
+    if args.jobs < 1:
+        p.error("--jobs must be at least 1")
+    if args.jobs > 1 and args.threads is None:
+        args.threads = 1  # one thread per worker: the workers, not OpenMP, use the cores
+    if args.threads is None and args.quick:
+        args.threads = 1  # tiny tensors: more threads only spin-wait on each other
+    if args.threads is not None and args.threads < 1:
+        p.error("--threads must be at least 1")
+    try:
+        args.model_list = parse_list(args.model)
+        args.target_list = parse_floats(args.remove_flops)
+        args.seed_list = parse_ints(args.seeds)
+        window = parse_floats(args.prune_window)
+        args.method_list = parse_list(args.methods) if args.methods else list(METHODS)
+    except ValueError as exc:
+        p.error(f"bad list: {exc}")
+    if not args.model_list or not args.seed_list or not args.method_list:
+        p.error("--model, --seeds and --methods need at least one entry")
+    unknown = [m for m in args.model_list if m not in models.list_models()]
+    if unknown:
+        p.error(f"unknown model(s) {unknown}; known: {', '.join(models.list_models())}")
+    bad_methods = [m for m in args.method_list if m not in METHODS]
+    if bad_methods:
+        p.error(f"unknown method(s) {bad_methods}; choose from {', '.join(METHODS)}")
+    if any(m != "dense" for m in args.method_list) and not args.target_list:
+        p.error("--remove-flops needs at least one target")
+    if any(not 0.0 < t < 1.0 for t in args.target_list):
+        p.error(f"--remove-flops takes fractions in (0, 1), got {args.target_list}")
+    if len(window) != 2 or not 0.0 <= window[0] <= window[1] <= 1.0:
+        p.error("--prune-window takes start,end with 0 <= start <= end <= 1")
+    args.window = (window[0], window[1])
+    if args.epochs < 1 or args.prune_steps < 1 or args.hesso_periods < 1:
+        p.error("--epochs, --prune-steps and --hesso-periods must be at least 1")
+    if args.out is None:
+        args.out = Path("runs") / f"bench-compare-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    return args
+
+
+def _overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["a.b=1"]`` -> ``{"a.b": 1}`` (values read as YAML)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def base_config(args: argparse.Namespace) -> Config:
+    """The recipe every cell shares (model, seed and pruning are set per cell)."""
+    cfg = config_from_dict({
+        "data": {"name": args.data, "train_subset": args.train_subset, "batch_size": args.batch_size,
+                 "eval_batch_size": 500, "workers": 0, "augment": True},
+        "optim": {"name": "sgd", "lr": args.lr, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
+        "schedule": {"name": "cosine", "warmup_epochs": args.warmup_epochs},
+        "run": {"epochs": args.epochs, "device": args.device, "out_dir": str(args.out), "resume": None},
+    })  # fmt: skip
+    if args.quick:
+        cfg = merge_overrides(cfg, QUICK_OVERRIDES)
+    return merge_overrides(cfg, _overrides(args.set))
+
+
+def cell_specs(args: argparse.Namespace, base: Config) -> list[CellSpec]:
+    """Every cell: for each seed and model, dense first, then each pruning method at each target."""
+    specs = []
+    for seed in args.seed_list:
+        for model in args.model_list:
+            for method in args.method_list:
+                for target in [None] if method == "dense" else args.target_list:
+                    specs.append(CellSpec(model, method, target, seed, base, str(args.out), args.window,
+                                          args.prune_steps, args.hesso_periods))  # fmt: skip
+    return sorted(specs, key=lambda s: (s.seed, args.model_list.index(s.model), s.method != "dense"))
+
+
+# ------------------------------------------------------------------------------------------------ latency
+def measure_latency(rows: list[dict[str, Any]], rounds: int) -> None:
+    """CPU latency at batch 1 and 64 of each compact model, alternating with the dense network of its model.
+
+    Done after all training, in this process, so that no training job competes with the timing.
+    """
+    dense_nets: dict[tuple, torch.nn.Module] = {}
+    for r in rows:
+        if r.get("error") or not r.get("compact_path"):
+            continue
+        try:
+            key = (r["model"], r["num_classes"], r["in_channels"])
+            if key not in dense_nets:
+                dense_nets[key] = models.create(r["model"], num_classes=r["num_classes"],
+                                                in_channels=r["in_channels"]).eval()  # fmt: skip
+            dense = dense_nets[key]
+            compact = torch.load(r["compact_path"], weights_only=False).eval()  # our own file, written above
+            x64 = torch.load(Path(r["run_dir"]) / "probe.pt")
+            for b, xb in ((1, x64[:1]), (64, x64)):
+                if r["method"] == "dense":
+                    ms = latency_ms(dense, xb, repeats=_repeats(dense, xb, rounds), warmup=2)
+                    r.update({f"lat{b}_ms": ms, f"lat{b}_dense_ms": ms, f"lat{b}_ratio": 1.0})
+                    continue
+                dense_ms, compact_ms = paired_latency(dense, compact, xb, rounds=rounds, seconds=0.1 * rounds)
+                r.update(
+                    {
+                        f"lat{b}_ms": compact_ms,
+                        f"lat{b}_dense_ms": dense_ms,
+                        f"lat{b}_ratio": compact_ms / dense_ms,
+                    }
+                )
+        except Exception as exc:  # a timing problem must not lose the trained results
+            log.warning("latency of %s %s failed: %s", r["model"], r["method"], exc)
+
+
+def _repeats(model: torch.nn.Module, x: torch.Tensor, rounds: int) -> int:
+    """Enough repeats for about 0.1 s per round (3 to 50)."""
+    probe = latency_ms(model, x, repeats=1, warmup=1)
+    return int(min(50, max(3, 100.0 * rounds / max(probe, 1e-3))))
+
+
+# ------------------------------------------------------------------------------------------------ output
+NOTES = """\
+Columns: *MACs/params removed*: `autotrainonce.measure.count_macs` / `count_params` of the compact model
+against the dense architecture, per image. *top-1*: test top-1 of the compact model (dense row: the dense
+model); *Δ top-1*: against the dense run of the same seed. *epoch s*: mean training time per epoch (first to
+last step, pruning work inside the steps included); *run s*: the whole cell from data set-up to the compact
+model in hand (pruning searches, export / `construct_subnet` included; the final test evaluation and the
+latency measurement excluded). *× dense* divides by the dense run of the same model and seed **in this
+invocation**. Latency: median CPU forward time, compact and dense measured alternately after all training.
+*fine-tuning needed*: "yes" when producing the compact model changed what the network computes (relative
+output change on 64 test images > 1e-3 at some cut) so that the method relies on training after the cut to
+recover; "no" when the removed channels were already zero (the cut is exact). Every method trains for the
+same epochs in total either way: nothing is trained beyond the budget. With several seeds: mean ± sample
+standard deviation."""
+
+
+def render(args: argparse.Namespace, env: dict[str, Any], rows: list[dict[str, Any]], done: bool) -> str:
+    """results.md: the table, the per-run settings and errors, the notes and the environment."""
+    summary = summarize(rows, args.model_list)
+    parts = [
+        f"# Pruning methods side by side on {args.data}" + ("" if done else " (partial)"),
+        "",
+        f"Models {', '.join(args.model_list)}; epochs per run {args.epochs}; batch {args.batch_size}; lr "
+        f"{args.lr}; train subset {args.train_subset or 'all'}; seeds {args.seeds}; pruning window "
+        f"{args.window[0]:g}-{args.window[1]:g} of training, {args.prune_steps} Torch-Pruning steps, {args.hesso_periods} HESSO period(s); jobs {args.jobs}; "
+        f"torch threads per process {args.threads or torch.get_num_threads()}.",
+        "",
+        results_table(summary),
+        "",
+        "Per run:",
+        "",
+        per_run_table(rows),
+        "",
+        NOTES,
+        "",
+        "Environment:",
+        "",
+        *[f"- {k}: `{v}`" for k, v in env.items()],
+    ]
+    return "\n".join(parts) + "\n"
+
+
+def save(args: argparse.Namespace, env: dict[str, Any], rows: list[dict[str, Any]], done: bool) -> str:
+    """Write results.csv / .md / .json (after every cell, so an interrupted run keeps what it measured)."""
+    rows = order_rows(rows, args.model_list)
+    add_ratios(rows)
+    out: Path = args.out
+    write_csv(out / "results.csv", rows, COLUMNS)
+    text = render(args, env, rows, done)
+    (out / "results.md").write_text(text)
+    summary = summarize(rows, args.model_list)
+    write_json(out / "results.json", {
+        "complete": done, "environment": env, "out": str(out),
+        "args": {k: v for k, v in vars(args).items() if k != "out"},
+        "rows": rows, "summary": summary,
+    })  # fmt: skip
+    if done:
+        plot_accuracy(summary, args.model_list, out / PLOTS[0])
+        target = plot_target([100.0 * t for t in args.target_list])
+        plot_widths(summary, args.model_list, target, out / PLOTS[1])
+    return text
+
+
+# ------------------------------------------------------------------------------------------------ main
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the comparison; 0 when every library method finished (peers may fail), 1 otherwise, 2 on usage."""
+    args = parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    try:
+        base = base_config(args)
+        data.create(
+            base.data.name, "test", root=base.data.root, **base.data.options
+        )  # fail early: data there?
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        return _run_all(args, base)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_all(args: argparse.Namespace, base: Config) -> int:
+    env = environment(args.argv, SCRIPT, str(resolve_device(base.run.device)))
+    specs = cell_specs(args, base)
+    rows: list[dict[str, Any]] = []
+    level = logging.WARNING if args.quiet else logging.INFO
+    if args.jobs == 1:
+        log.info("warming up (data, imports, first kernels)")
+        warm_up(base, args.model_list, args.method_list)
+        for i, spec in enumerate(specs, 1):
+            log.info("[%d/%d]", i, len(specs))
+            rows.append(safe_run_cell(spec))
+            save(args, env, rows, done=False)
+    else:
+        context = multiprocessing.get_context("spawn")  # no forked copies of torch's thread pools
+        init = (args.threads, level, base, args.model_list, args.method_list)
+        with ProcessPoolExecutor(
+            args.jobs, mp_context=context, initializer=worker_init, initargs=init
+        ) as pool:
+            futures = {pool.submit(safe_run_cell, spec): spec for spec in specs}
+            for i, future in enumerate(as_completed(futures), 1):
+                spec = futures[future]
+                try:
+                    row = future.result()
+                except Exception as exc:  # the worker process itself died
+                    row = {"model": spec.model, "method": spec.method, "target_pct": spec.target_pct,
+                           "seed": spec.seed, "error": f"{type(exc).__name__}: {exc}"}  # fmt: skip
+                log.info(
+                    "[%d/%d] %s done%s",
+                    i,
+                    len(specs),
+                    spec.name,
+                    f": {row['error']}" if row.get("error") else "",
+                )
+                rows.append(row)
+                save(args, env, rows, done=False)
+    log.info("measuring CPU latency of every compact model against its dense network")
+    measure_latency(rows, args.latency_rounds)
+    text = save(args, env, rows, done=True)
+    print(text.split("\nPer run:")[0].rstrip())
+    print(f"\nresults: {args.out}/results.md, results.csv, results.json, {', '.join(PLOTS)}")
+    failed = [r for r in rows if r.get("error") and r["method"] in LIBRARY_METHODS]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,272 @@
+"""Tests of bench/compare.py: the --quick side-by-side run on digits for every method, and its helpers.
+
+No accuracy and no timing is asserted: the numbers of a two-epoch run on 8x8 digits mean nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import importlib.util
+import io
+import json
+import math
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import torch
+
+import autotrainonce as ato
+from autotrainonce.config import Config
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@pytest.fixture(scope="module")
+def compare() -> ModuleType:
+    """bench/compare.py imported as a module (it is a script; it puts bench/ on sys.path for its helpers)."""
+    spec = importlib.util.spec_from_file_location("bench_compare", BENCH / "compare.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def cells(compare: ModuleType) -> ModuleType:
+    return sys.modules["_compare_cells"]
+
+
+@pytest.fixture(scope="module")
+def peers(compare: ModuleType) -> ModuleType:
+    return sys.modules["_peers"]
+
+
+@pytest.fixture(scope="module")
+def report(compare: ModuleType) -> ModuleType:
+    return sys.modules["_compare_report"]
+
+
+@pytest.fixture(scope="module")
+def quick(compare: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One ``--quick`` run of every method (digits, resnet20, 2 epochs, 50% of MACs), shared by the tests."""
+    out = tmp_path_factory.mktemp("compare") / "quick"
+    threads = torch.get_num_threads()
+    stdout = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(stdout):
+            code = compare.main(["--quick", "--out", str(out), "--quiet"])
+    finally:
+        torch.set_num_threads(threads)
+    result = json.loads((out / "results.json").read_text())
+    return {"code": code, "out": out, "stdout": stdout.getvalue(), "result": result}
+
+
+# ------------------------------------------------------------------------------------------------ quick run
+@pytest.mark.slow
+def test_quick_run_writes_every_output(quick, cells):
+    out: Path = quick["out"]
+    assert quick["code"] == 0, quick["stdout"]
+    assert "| model | method |" in quick["stdout"]
+    for name in ("results.md", "results.csv", "results.json", "accuracy_vs_macs.png", "kept_channels.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    for name in ("accuracy_vs_macs.png", "kept_channels.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with (out / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["method"] for r in rows) == sorted(cells.METHODS)  # one row per method (one target, seed)
+    result = quick["result"]
+    assert result["complete"] is True and len(result["summary"]) == len(cells.METHODS)
+    md = (out / "results.md").read_text()
+    assert "fine-tuning needed" in md and "| resnet20 | dense |" in md
+    assert result["environment"]["torch"] and "--quick" in result["environment"]["command"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["dense", "ato", "ato-freeze", "torch-pruning", "oto-hesso", "l1-oneshot"])
+def test_quick_run_gives_a_valid_compact_model(quick, peers, method):
+    missing = peers.missing_peer(method)
+    if missing:
+        pytest.skip(missing)  # names the package, e.g. "torch-pruning==1.6.1 is not installed ..."
+    rows = [r for r in quick["result"]["rows"] if r["method"] == method]
+    assert len(rows) == 1
+    row = rows[0]
+    assert not row["error"], row["error"]
+    assert math.isfinite(row["test_top1"])
+    if method == "dense":
+        assert row["compact_macs"] == row["dense_macs"]
+    else:
+        assert row["target_pct"] == 50.0
+        assert row["macs_removed_pct"] > 0 and row["compact_macs"] < row["dense_macs"]
+        assert row["compact_params"] < row["dense_params"]
+        assert row["finetune"] in ("yes", "no")
+        assert math.isfinite(row["cut_change"])
+        for col in ("epoch_ratio", "run_ratio", "lat1_ratio", "lat64_ratio"):
+            assert row[col] is not None and math.isfinite(row[col]), col  # measured, values not checked
+    compact = torch.load(row["compact_path"], weights_only=False).eval()
+    probe = torch.load(Path(row["run_dir"]) / "probe.pt")
+    with torch.no_grad():
+        logits = compact(probe)
+    assert logits.shape == (probe.shape[0], 10) and bool(torch.isfinite(logits).all())
+    assert all(0 < w <= 1 for w in row["widths"].values()) and row["widths"]
+
+
+def test_missing_peer_gives_an_error_row(cells, peers, monkeypatch, tmp_path):
+    monkeypatch.setitem(peers.PEERS, "torch-pruning", ("no_such_module_xyz", "torch-pruning==1.6.1"))
+    spec = cells.CellSpec("resnet20", "torch-pruning", 0.5, 0, Config(), str(tmp_path))
+    row = cells.safe_run_cell(spec)
+    assert row["method"] == "torch-pruning" and row["target_pct"] == 50.0
+    assert "torch-pruning==1.6.1 is not installed" in row["error"]
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def test_search_setting_lands_on_a_step_function_goal(peers):
+    calls = []
+
+    def measure(x: float) -> float:  # non-decreasing, in steps of 0.05 (like whole channels)
+        calls.append(x)
+        return math.floor(x * 20) / 20 * 0.8
+
+    x, value = peers.search_setting(measure, 0.4, 0.0, 1.0, iters=12)
+    assert value == pytest.approx(0.4) and measure(x) == pytest.approx(0.4)
+    assert len(calls) <= 13  # stops once within tolerance
+    x, value = peers.search_setting(lambda s: s * 0.5, 0.9, 0.0, 1.0, iters=8)  # unreachable: closest end
+    assert value == pytest.approx(0.5, abs=0.01) and x > 0.99
+
+
+def test_relative_change(peers):
+    a = torch.tensor([[1.0, -2.0]])
+    assert peers.relative_change(a, a) == 0.0
+    assert peers.relative_change(a, a + torch.tensor([[0.0, 0.5]])) == pytest.approx(0.25)
+
+
+def test_greedy_l1_masks_hit_the_macs_target(cells):
+    model = ato.models.create("resnet20", num_classes=10, in_channels=1)
+    space = ato.discover(model, torch.randn(1, 1, 8, 8))
+    scores = cells.l1_scores(space, model)
+    assert set(scores) == set(space.prunable_indices)
+    assert all(s.shape == (space.groups[gi].size,) for gi, s in scores.items())
+    dense = space.flops(None)
+    for target in (0.3, 0.5, 0.7):
+        masks = cells.greedy_masks(space, scores, target)
+        removed = 1 - space.flops(masks) / dense
+        assert removed >= target
+        # minimal: putting back the highest-scored dropped channel misses the target
+        dropped = [(float(scores[gi][c]), gi, c) for gi, m in enumerate(masks) if m is not None
+                   for c in (~m).nonzero().flatten().tolist()]  # fmt: skip
+        _, gi, c = max(dropped)
+        masks[gi] = masks[gi].clone()
+        masks[gi][c] = True
+        assert 1 - space.flops(masks) / dense < target
+        assert all(m is None or int(m.sum()) >= 1 for m in masks)
+
+
+def test_l1_scores_rank_small_filters_first(cells):
+    model = ato.models.create("resnet20", num_classes=10, in_channels=1)
+    with torch.no_grad():
+        model.layer1[0].conv1.weight[3].zero_()  # filter 3 of the first block's inner conv: nothing left
+    space = ato.discover(model, torch.randn(1, 1, 8, 8))
+    gi = next(i for i in space.prunable_indices if space.groups[i].name == "layer1.0.conv1")
+    masks = cells.greedy_masks(space, cells.l1_scores(space, model), 0.01)
+    assert masks[gi] is not None and not bool(masks[gi][3])
+
+
+def test_window_steps(cells):
+    assert cells.window_steps((0.2, 0.5), 100, 4) == [20, 30, 40, 50]
+    assert cells.window_steps((0.2, 0.5), 100, 1) == [50]
+    assert cells.window_steps((0.0, 0.0), 10, 3) == [1]
+
+
+def test_kept_widths(cells):
+    dense = ato.models.create("resnet20", num_classes=10, in_channels=1)
+    space = ato.discover(dense, torch.randn(1, 1, 8, 8))
+    gi = next(i for i in space.prunable_indices if space.groups[i].name == "layer1.0.conv1")
+    masks = space.full_masks()
+    masks[gi] = torch.arange(16) < 4
+    widths = cells.kept_widths(dense, space.prune(dense, masks))
+    assert widths["layer1.0.conv1"] == 0.25 and widths["layer1.0.conv2"] == 1.0 and widths["conv1"] == 1.0
+
+
+def _row(method: str, target: float, seed: int, top1: float, epoch_s: float, **extra: Any) -> dict[str, Any]:
+    row = {"model": "resnet20", "method": method, "target_pct": target, "seed": seed, "test_top1": top1,
+           "epoch_s": epoch_s, "step_ms": epoch_s, "run_s": 10 * epoch_s, "macs_removed_pct": target,
+           "params_removed_pct": target, "lat1_ms": 1.0, "lat1_ratio": 1.0, "lat64_ms": 2.0, "lat64_ratio": 1.0,
+           "finetune": "—" if method == "dense" else "no", "widths": {"a": 1.0, "b": 0.5}, "error": ""}  # fmt: skip
+    row.update(extra)
+    return row
+
+
+def test_ratios_summary_and_table(report):
+    rows = [
+        _row("torch-pruning", 50.0, 1, 89.0, 24.0, finetune="yes"),
+        _row("dense", 0.0, 0, 90.0, 10.0),
+        _row("dense", 0.0, 1, 92.0, 20.0),
+        _row("torch-pruning", 50.0, 0, 88.0, 11.0, finetune="yes"),
+        _row("oto-hesso", 50.0, 0, math.nan, math.nan, error="RuntimeError: graph could not be traced"),
+    ]
+    rows = report.order_rows(rows, ["resnet20"])
+    assert [(r["method"], r["seed"]) for r in rows] == [
+        ("dense", 0), ("dense", 1), ("torch-pruning", 0), ("torch-pruning", 1), ("oto-hesso", 0)
+    ]  # fmt: skip
+    report.add_ratios(rows)
+    assert [r["epoch_ratio"] for r in rows[:4]] == pytest.approx([1.0, 1.0, 1.1, 1.2])
+    assert [r["top1_delta_pp"] for r in rows[2:4]] == pytest.approx([-2.0, -3.0])
+    summary = report.summarize(rows, ["resnet20"])
+    assert [(e["method"], e["seeds"], e["failed_seeds"]) for e in summary] == [
+        ("dense", [0, 1], []), ("torch-pruning", [0, 1], []), ("oto-hesso", [], [0])
+    ]  # fmt: skip
+    assert summary[1]["finetune"] == "yes" and summary[1]["widths"] == {"a": 1.0, "b": 0.5}
+    table = report.results_table(summary)
+    assert "1.15 ± 0.07×" in table and "-2.50 ± 0.71" in table  # mean ± sample std of the per-seed values
+    assert "| resnet20 | oto-hesso | 50% |" in table and "RuntimeError: graph could not be traced" in table
+    assert "failed: 0" in table
+    per_run = report.per_run_table(rows)
+    assert per_run.count("\n") == len(rows) + 1
+
+
+def test_plots_are_written(report, tmp_path):
+    rows = [_row("dense", 0.0, 0, 90.0, 10.0), _row("ato", 30.0, 0, 89.0, 10.0), _row("ato", 50.0, 0, 88.0, 10.0),
+            _row("l1-oneshot", 50.0, 0, 87.0, 10.0, prunable_layers=["b"])]  # fmt: skip
+    summary = report.summarize(rows, ["resnet20"])
+    report.plot_accuracy(summary, ["resnet20"], tmp_path / "acc.png")
+    report.plot_widths(summary, ["resnet20"], report.plot_target([30.0, 50.0]), tmp_path / "widths.png")
+    assert (tmp_path / "acc.png").stat().st_size > 0 and (tmp_path / "widths.png").stat().st_size > 0
+    assert report.plot_target([30.0, 70.0]) == 30.0 and report.plot_target([]) is None
+
+
+def _tiny_resnet() -> tuple[torch.nn.Module, torch.Tensor, list[str]]:
+    model = ato.models.create("resnet20", num_classes=10, in_channels=1)
+    x = torch.randn(1, 1, 8, 8)
+    space = ato.discover(model, x)
+    keep = sorted({m.module for g in space.groups if not g.prunable for m in g.members if m.role == "out"})
+    return model, x, keep
+
+
+def test_torch_pruning_ratio_maps_monotonically_to_macs(peers):
+    if peers.missing_peer("torch-pruning"):
+        pytest.skip(peers.missing_peer("torch-pruning"))
+    model, x, keep = _tiny_resnet()
+    dense = ato.measure.count_macs(model, x)
+    cb = peers.TorchPruningCallback(0.5, [1], x, keep, dense, torch.randn(4, 1, 8, 8))
+    low, high = cb._removed_after(model, 0.3), cb._removed_after(model, 0.6)
+    assert 0 < low < high < 1
+    ratio, removed = peers.search_setting(lambda r: cb._removed_after(model, r), 0.5, 0.0, 0.95)
+    assert abs(removed - 0.5) < 0.05
+    assert ato.measure.count_macs(model, x) == dense  # the searches worked on copies
+
+
+def test_oto_group_sparsity_maps_monotonically_to_macs(peers, tmp_path):
+    if peers.missing_peer("oto-hesso"):
+        pytest.skip(peers.missing_peer("oto-hesso"))
+    model, x, keep = _tiny_resnet()
+    params = [f"{n}.{p}" for n in keep for p, _ in model.get_submodule(n).named_parameters()]
+    dense = ato.measure.count_macs(model, x)
+    cb = peers.OtoHessoCallback(0.5, 1, 4, 1, x, params, dense, torch.randn(4, 1, 8, 8), str(tmp_path))
+    batch = (torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,)))
+    low, high = cb._trial(model, 0.3, batch), cb._trial(model, 0.7, batch)
+    assert 0 < low < high < 1
+    assert ato.measure.count_macs(model, x) == dense  # the trials worked on copies

@@ -226,8 +226,20 @@ def test_resume_matches_uninterrupted_run(tmp_path):
 def test_checkpoint_is_weights_only_and_complete(tmp_path):
     make_trainer(tmp_path, epochs=1, callbacks=[Recorder()]).fit()
     ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
-    for key in ("model", "optimizer", "scheduler", "epoch", "global_step", "rng", "config", "callbacks"):
+    for key in (
+        "model",
+        "optimizer",
+        "scheduler",
+        "epoch",
+        "global_step",
+        "rng",
+        "config",
+        "callbacks",
+        "step_in_epoch",
+        "world_size",
+    ):
         assert key in ckpt
+    assert ckpt["step_in_epoch"] == 0 and ckpt["epoch_rng"] is None  # written at the epoch's end
     assert ckpt["callbacks"]["Recorder"] == {"steps": 4}
     assert ckpt["config"]["optim"]["lr"] == 0.1
     assert set(ckpt["rng"]) >= {"torch", "numpy", "python"}
@@ -367,3 +379,22 @@ def test_replace_model_mid_training(tmp_path):
     # The schedule carries on from the same step on the new optimiser.
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(reference.optimizer.param_groups[0]["lr"])
     assert trainer.global_step == reference.global_step
+
+
+def test_replace_model_with_a_differently_grouped_optimizer(tmp_path):
+    """Every group of the new optimiser follows the schedule, and the next steps do not fail."""
+
+    class Regroup(Callback):
+        def on_after_optimizer_step(self, trainer, optimizer):
+            if trainer.global_step == 3:
+                groups = [{"params": [p]} for p in trainer.model.parameters()]
+                trainer.replace_model(trainer.model, optimizer=torch.optim.SGD(groups, lr=1.0))
+
+    reference = make_trainer(tmp_path / "ref", epochs=2)
+    reference.fit()
+    trainer = make_trainer(tmp_path / "regroup", epochs=2, callbacks=[Regroup()])
+    trainer.fit()
+    expected = reference.optimizer.param_groups[0]["lr"]
+    assert len(trainer.optimizer.param_groups) > 1
+    lrs = [g["lr"] for g in trainer.optimizer.param_groups]
+    assert lrs == pytest.approx([expected] * len(lrs))

@@ -27,7 +27,10 @@ WIDTHS_FILE = "widths.png"
 class AtoCallback(Callback):
     """Runs :class:`AutoTrainOnce` inside ``Trainer.fit``: one pruner step after every optimizer step.
 
-    Writes ``mask.json`` into the run directory when the mask freezes (and ``widths.png`` at the end).
+    Writes ``mask.json`` into the run directory when the mask freezes (and ``widths.png`` at the end); in a
+    distributed run only the main process writes (``trainer.is_main``), while every rank steps its own pruner
+    in lockstep (see :class:`AutoTrainOnce`). The pruner works on ``trainer.model``, the plain module, never on
+    the DDP wrapper.
     """
 
     def __init__(self, pruner: AutoTrainOnce) -> None:
@@ -57,17 +60,19 @@ class AtoCallback(Callback):
             p.global_step = expected
         was_frozen = p.frozen
         cut = p.step(optimizer)
-        if p.frozen and not was_frozen:
+        if p.frozen and not was_frozen and _is_main(trainer):
             self.write_mask(getattr(trainer, "run_dir", None))
         if cut:
-            # The optimizer was moved onto the compact parameters in place; keep it and the LR schedule.
+            # The optimizer was moved onto the compact parameters in place; keep it and the LR schedule. Every
+            # rank cuts at this same step with the same (broadcast) mask; the Trainer rebuilds its DDP wrapper.
             trainer.replace_model(p.model, optimizer=trainer.optimizer, scheduler=getattr(trainer, "scheduler", None))
             p.model = trainer.model
             r = p.cut_report
-            log.info(
-                "ATO: cut at step %d: MACs %d -> %d, params %d -> %d",
-                r["step"], r["macs_before"], r["macs_after"], r["params_before"], r["params_after"],
-            )  # fmt: skip
+            if _is_main(trainer):
+                log.info(
+                    "ATO: cut at step %d: MACs %d -> %d, params %d -> %d",
+                    r["step"], r["macs_before"], r["macs_after"], r["params_before"], r["params_after"],
+                )  # fmt: skip
 
     def on_load_checkpoint(self, trainer: Any, ckpt: dict[str, Any]) -> None:
         # Called after load_state_dict and before the model/optimizer states load: when the checkpoint was
@@ -83,7 +88,7 @@ class AtoCallback(Callback):
 
     def on_fit_end(self, trainer: Any) -> None:
         run_dir = getattr(trainer, "run_dir", None)
-        if run_dir is None or self.pruner.mask is None:
+        if run_dir is None or self.pruner.mask is None or not _is_main(trainer):
             return
         self.write_mask(run_dir)
         from .plots import plot_widths
@@ -108,6 +113,11 @@ class AtoCallback(Callback):
     def export(self) -> nn.Module:
         """The physically pruned model (see :meth:`AutoTrainOnce.export`)."""
         return self.pruner.export()
+
+
+def _is_main(trainer: Any) -> bool:
+    """Whether this process writes files: the Trainer's ``is_main``; trainer-like objects without it do."""
+    return bool(getattr(trainer, "is_main", True))
 
 
 def _target(prune_cfg: Any) -> Target:

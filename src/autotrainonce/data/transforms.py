@@ -1,7 +1,10 @@
 """Image transforms in plain torch, for C×H×W float tensors.
 
 Randomness comes from torch's global RNG, so ``torch.manual_seed`` makes a run reproducible and DataLoader
-workers (which torch seeds per worker) draw different but repeatable augmentations.
+workers (which torch seeds per worker) draw different but repeatable augmentations. ``ato train`` wraps its
+training set in :class:`~autotrainonce.data.sampler.SeededDataset`, which seeds that RNG from
+``(seed, epoch, index)`` for every sample: the augmentation of an image then depends on nothing else (not on
+the worker, the process or a resume).
 """
 
 from __future__ import annotations

@@ -26,11 +26,13 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from .. import data, models
 from ..config import Config, merge_overrides, save_config
+from ..data.sampler import ResumableBatchSampler, SeededDataset
 from ..errors import ConfigError, UserError
 from ..measure import count_macs, count_params, format_count, latency_ms
+from . import distributed as dist_utils
 from .callbacks import Callback
 from .trainer import Trainer
-from .utils import count_steps, resolve_device, seed_everything
+from .utils import count_steps, seed_everything
 
 __all__ = [
     "RunResult",
@@ -42,6 +44,7 @@ __all__ = [
     "format_comparison",
     "cpu_latency",
     "run_training",
+    "per_rank_batch_size",
     "RESULTS_FILE",
 ]
 
@@ -128,14 +131,50 @@ def build_data(cfg: Config) -> RunData:
     return RunData(train=train, test=test, holdout=holdout, info=info)
 
 
-def _loader(ds: Dataset, batch_size: int, workers: int, device: torch.device, train: bool) -> DataLoader:
+def per_rank_batch_size(global_batch: int, world: int, key: str = "data.batch_size") -> int:
+    """The batch of one process: the global ``global_batch`` split evenly over ``world`` processes."""
+    if global_batch % world:
+        raise ConfigError(
+            f"{key}={global_batch} is the global batch and must split evenly over {world} processes "
+            f"(e.g. {max(world, global_batch - global_batch % world)})"
+        )
+    return global_batch // world
+
+
+def _loader(
+    ds: Dataset,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    train: bool,
+    *,
+    seed: int = 0,
+    augment: bool = False,
+    holdout: bool = False,
+) -> DataLoader:
+    """A DataLoader over ``ds`` whose order is a pure function of (seed, epoch) and which shards across ranks.
+
+    ``batch_size`` is global; each process loads its ``batch_size / world`` share of every batch. Training
+    loaders shuffle, drop a ragged last batch (a few images make BatchNorm statistics noisy) unless it is all
+    there is, and with ``augment`` draw each sample's augmentation from (seed, epoch, index). The holdout
+    stream advances its epoch by itself at every pass. Evaluation loaders keep the order, never repeat an image
+    and may leave the shards uneven.
+    """
+    world, rank = dist_utils.world_size(), dist_utils.rank()
     n = len(ds)  # type: ignore[arg-type]
+    if train:
+        local = per_rank_batch_size(batch_size, world)
+        drop_last = n >= batch_size
+    else:
+        local = max(1, -(-batch_size // world))
+        drop_last = False
+    sampler = ResumableBatchSampler(
+        n, local, shuffle=train, seed=seed, drop_last=drop_last, even=train, num_replicas=world, rank=rank,
+        auto_epoch=holdout, tag_epoch=augment,
+    )  # fmt: skip
     return DataLoader(
-        ds,
-        batch_size=batch_size,
-        shuffle=train,
-        # A ragged last batch of a few images makes BatchNorm statistics noisy; keep it only if it is all we have.
-        drop_last=train and n >= batch_size,
+        SeededDataset(ds, seed) if augment else ds,
+        batch_sampler=sampler,
         num_workers=workers,
         pin_memory=device.type == "cuda",
     )
@@ -170,11 +209,22 @@ def _pruner_factory(method: str) -> Callable[..., Callback]:
 
 
 def run_training(cfg: Config, callbacks: list[Callback] | None = None) -> RunResult:
-    """Train (and, with ``prune.method: ato``, prune) as ``cfg`` says; logs the before/after tables."""
+    """Train (and, with ``prune.method: ato``, prune) as ``cfg`` says; logs the before/after tables.
+
+    Started by torchrun (or ``ato train --nproc N``) in several processes, it joins them in one process group
+    and trains with DistributedDataParallel; ``data.batch_size`` stays the global batch. Only rank 0 logs and
+    writes files; every rank returns its RunResult (the numbers are the same on all).
+    """
+    with dist_utils.distributed_session(cfg.run.device):
+        return _run_training(cfg, callbacks)
+
+
+def _run_training(cfg: Config, callbacks: list[Callback] | None) -> RunResult:
     started = time.perf_counter()
     make_pruner = _pruner_factory(cfg.prune.method) if cfg.prune.method == "ato" else None
-    seed_everything(cfg.run.seed)
-    device = resolve_device(cfg.run.device)
+    world, rank, main = dist_utils.world_size(), dist_utils.rank(), dist_utils.is_main()
+    seed_everything(cfg.run.seed)  # the same on every rank: one model init, one split, one pruner
+    device = dist_utils.rank_device(cfg.run.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
     cfg = resolve_model_config(cfg, data.info(cfg.data.name, root=cfg.data.root, **cfg.data.options))
@@ -186,35 +236,52 @@ def run_training(cfg: Config, callbacks: list[Callback] | None = None) -> RunRes
         **cfg.model.kwargs,
     )
     example = run_data.test[0][0].unsqueeze(0)
-    params, macs = count_params(model), count_macs(model, example)
+    params = count_params(model)
+    try:
+        macs = count_macs(model, example)
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        shape = "x".join(str(d) for d in example.shape[1:])
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"model {cfg.model.name!r} cannot run on the dataset's {shape} inputs ({reason}); use a model built "
+            "for this input size, or set data.image_size / model.in_channels to match the model"
+        ) from None
     run_dir = Path(cfg.run.out_dir) / (cfg.run.name or _default_name(cfg))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    log.info(
-        format_table(
-            "Before training",
-            [
-                ("model", f"{cfg.model.name} ({cfg.model.in_channels} -> {cfg.model.num_classes} classes)"),
-                ("data", f"{cfg.data.name}: {len(run_data.train)} train / {len(run_data.test)} test images"),  # type: ignore[arg-type]
-                ("input", "x".join(str(s) for s in example.shape)),
-                ("parameters", _count(params)),
-                ("MACs", _count(macs)),
-                ("device", str(device)),
-                ("run dir", str(run_dir)),
-            ],
-        )
-    )
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    rows = [
+        ("model", f"{cfg.model.name} ({cfg.model.in_channels} -> {cfg.model.num_classes} classes)"),
+        ("data", f"{cfg.data.name}: {len(run_data.train)} train / {len(run_data.test)} test images"),  # type: ignore[arg-type]
+        ("input", "x".join(str(s) for s in example.shape)),
+        ("parameters", _count(params)),
+        ("MACs", _count(macs)),
+        ("device", str(device) if world == 1 else f"{device.type}, {world} processes (DDP)"),
+        ("run dir", str(run_dir)),
+    ]
+    if world > 1:
+        rows.insert(-1, ("batch", f"{cfg.data.batch_size} global = {world} x {cfg.data.batch_size // world}"))
+    if main:
+        log.info(format_table("Before training", rows))
     d = cfg.data
-    train_loader = _loader(run_data.train, d.batch_size, d.workers, device, train=True)
+    seed = cfg.run.seed
+    train_loader = _loader(run_data.train, d.batch_size, d.workers, device, train=True, seed=seed,
+                           augment=d.augment)  # fmt: skip
     test_loader = _loader(run_data.test, d.eval_batch_size, d.workers, device, train=False)
     all_callbacks = list(callbacks or [])
     pruner = None
     if make_pruner is not None:
         assert run_data.holdout is not None
-        holdout_loader = _loader(run_data.holdout, d.batch_size, d.workers, device, train=True)
+        # Its own seed stream, so the controller's batches do not follow the training order.
+        holdout_loader = _loader(run_data.holdout, d.batch_size, d.workers, device, train=True,
+                                 seed=seed + 1, holdout=True)  # fmt: skip
         total_steps = cfg.run.epochs * count_steps(train_loader, cfg.run.max_steps_per_epoch)
         pruner = make_pruner(cfg.prune, model, example, holdout_loader, total_steps)
         all_callbacks.append(pruner)
+    if world > 1:
+        # Different dropout / mixup draws per rank; model init, data order, augmentation and the pruner's
+        # draws do not depend on the global RNG (per-sample seeds, private generators).
+        seed_everything(seed + rank)
     trainer = Trainer(
         model, train_loader, test_loader, config=cfg, callbacks=all_callbacks, run_dir=run_dir,
         model_name=cfg.model.name,
@@ -228,7 +295,8 @@ def run_training(cfg: Config, callbacks: list[Callback] | None = None) -> RunRes
         "model": cfg.model.name, "data": cfg.data.name, "epochs": cfg.run.epochs, "dense": dense,
     }  # fmt: skip
     if pruner is None:
-        _report_dense(result, started)
+        if main:
+            _report_dense(result, started)
     else:
         _report_pruned(result, trainer, pruner, model, example, test_loader, started)
     return result
@@ -269,7 +337,9 @@ def _report_pruned(
     result.compact = compact
     result.compact_params = count_params(compact)
     result.compact_macs = count_macs(compact, example.to(trainer.device))
-    result.compact_metrics = trainer.evaluate(test_loader, model=compact)
+    result.compact_metrics = trainer.evaluate(test_loader, model=compact)  # collective: every rank
+    if not trainer.is_main:
+        return  # rank 0 alone times, reports and saves
     log.info("measuring CPU latency of the dense and the compact model ...")
     latency = cpu_latency({"dense": dense_model, "compact": compact}, example)
     after = {"test_top1": result.compact_metrics["top1"], "params": result.compact_params,

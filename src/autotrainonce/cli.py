@@ -11,6 +11,7 @@ import logging
 import re
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -20,7 +21,7 @@ import yaml
 from .config import Config, config_from_dict, load_config, merge_overrides
 from .errors import CheckpointError, ConfigError, UserError
 
-__all__ = ["main", "build_parser", "DEMO_CONFIG", "demo_config", "parse_input_shape"]
+__all__ = ["main", "build_parser", "DEMO_CONFIG", "demo_config", "parse_input_shape", "user_message"]
 
 log = logging.getLogger("autotrainonce")
 
@@ -60,6 +61,13 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        # Keep the command line as given: `ato train --nproc N` hands the same arguments to torchrun. The
+        # top-level parser returns last, so its (complete) list wins over the sub-command's.
+        parsed, extras = super().parse_known_args(args, namespace)
+        parsed.ato_argv = list(sys.argv[1:] if args is None else args)
+        return parsed, extras
 
 
 def demo_config() -> Config:
@@ -113,15 +121,72 @@ def _train_config(args: argparse.Namespace) -> Config:
             "epochs": args.epochs, "seed": args.seed, "device": args.device, "out_dir": args.out_dir,
             "name": args.name, "resume": args.resume, "max_steps_per_epoch": args.max_steps_per_epoch,
             "tensorboard": args.tensorboard, "amp": args.amp, "channels_last": channels_last,
+            "checkpoint_every_steps": getattr(args, "checkpoint_every_steps", None),
         },
         "prune": {"method": args.prune, "remove_flops": args.remove_flops, "remove_params": args.remove_params},
     }  # fmt: skip
     return merge_overrides(cfg, flags)
 
 
+#: Flags of `ato train` that only the launcher reads; they are not passed on to the processes it starts.
+_LAUNCH_FLAGS = ("--nproc", "--nnodes", "--node-rank", "--rdzv-endpoint")
+
+
+def _strip_launch_flags(argv: Sequence[str]) -> list[str]:
+    """``argv`` without the launcher's flags and their values (``--nproc 2`` and ``--nproc=2`` forms)."""
+    out: list[str] = []
+    skip = False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item in _LAUNCH_FLAGS:
+            skip = True
+        elif not item.startswith(tuple(f"{flag}=" for flag in _LAUNCH_FLAGS)):
+            out.append(item)
+    return out
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """Run this same `ato train` command in ``--nproc`` processes per node through torch.distributed.run."""
+    import os
+    import subprocess
+
+    nproc, nnodes = args.nproc or 1, args.nnodes or 1
+    if nproc < 1 or nnodes < 1:
+        raise ConfigError(f"--nproc and --nnodes must be at least 1, got {nproc} and {nnodes}")
+    # A bad flag or config fails here, once, rather than in every process.
+    from .training.run import per_rank_batch_size
+
+    per_rank_batch_size(_train_config(args).data.batch_size, nproc * nnodes)
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
+    if nnodes == 1:
+        cmd.append("--standalone")  # a private rendezvous on a free local port
+    else:
+        if not args.rdzv_endpoint:
+            raise ConfigError("--nnodes above 1 needs --rdzv-endpoint HOST:PORT (reachable from every node)")
+        cmd += [f"--nnodes={nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={args.rdzv_endpoint}",
+                "--rdzv-id=ato-train"]  # fmt: skip
+        if args.node_rank is not None:
+            cmd.append(f"--node-rank={args.node_rank}")
+    cmd += ["-m", "autotrainonce.cli", *_strip_launch_flags(args.ato_argv)]
+    log.info("launching %d process(es) per node on %d node(s): %s", nproc, nnodes, " ".join(cmd))
+    status = subprocess.call(cmd, env=dict(os.environ))
+    if status != 0:
+        # torchrun ends with its own report; say in one line what happened and where to look.
+        print(f"error: the distributed run failed (torchrun exit status {status}); the processes' own "
+              "'error:' lines are above the launcher's report", file=sys.stderr)  # fmt: skip
+    return status
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    from .training.distributed import launched_with_torchrun
+
+    wants_processes = (args.nproc or 1) > 1 or (args.nnodes or 1) > 1
+    if wants_processes and not launched_with_torchrun():
+        return _launch(args)
     from .training.run import run_training
 
+    # Under torchrun (or `ato train --nproc`), run_training joins the process group itself.
     run_training(_train_config(args))
     return 0
 
@@ -155,9 +220,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     example = torch.zeros(1, c, h, w)
     try:
         macs = count_macs(model, example)
-    except RuntimeError as exc:  # e.g. an input too small for the network's downsampling
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:  # e.g. too small for its downsampling
+        reason = (str(exc).strip() or type(exc).__name__).splitlines()[0]
         raise ConfigError(
-            f"model {args.model!r} cannot run on a {args.input} input: {str(exc).splitlines()[0]}"
+            f"model {args.model!r} cannot run on a {args.input} input: {reason}; pass the image size it is "
+            "built for with --input CxHxW (e.g. 3x224x224 for ImageNet models)"
         ) from None
     params = count_params(model)
     print(f"Model:       {args.model}")
@@ -180,6 +247,24 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compact_architecture(model: Any, cfg: Config, ato_state: dict[str, Any], example: Any) -> Any:
+    """The compact model that an ATO run cut from ``model`` (its weights are left to the checkpoint).
+
+    The pruner is rebuilt the way ``ato train`` built it and given the saved state, which holds the frozen
+    mask; loading that state performs the same cut.
+    """
+    from .training.run import _pruner_factory
+
+    make_callback = _pruner_factory(cfg.prune.method)
+    callback = make_callback(cfg.prune, model, example, None, int(ato_state.get("total_steps") or 1))
+    try:
+        callback.load_state_dict(ato_state)
+    except (KeyError, TypeError, ValueError) as exc:  # a damaged state dict: say so instead of a traceback
+        reason = f"{type(exc).__name__}: {exc}"
+        raise CheckpointError(f"the checkpoint's ATO state cannot be read ({reason})") from None
+    return callback.pruner.model
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
@@ -187,13 +272,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .training import evaluate_model, load_checkpoint, load_model_state, resolve_device
     from .training.run import format_table
 
-    ckpt = load_checkpoint(args.checkpoint)
-    if not ckpt.get("config"):
+    try:
+        ckpt = load_checkpoint(args.checkpoint)
+    except CheckpointError as exc:
+        # The weights-only unpickler names the first class it refused (the error is kept as the context).
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc.__context__ or ""))
+        if refused:
+            raise CheckpointError(
+                f"{args.checkpoint} holds pickled Python objects ({refused.group(1)}), not an 'ato train' "
+                "checkpoint (last.pt), so it was not loaded; a compact.pt is a whole pickled model: load it "
+                "in Python with autotrainonce.export.load_compact(<run dir>), or with torch.load(path, "
+                "weights_only=False) only if you trust the file"
+            ) from None
+        raise
+    if not isinstance(ckpt.get("config"), dict) or not ckpt["config"]:
         raise CheckpointError(
             f"checkpoint {args.checkpoint} has no config; it was not written by 'ato train'"
         )
+    # Where the run was written and how it resumed do not matter for evaluating it.
+    saved = {**ckpt["config"], "run": {**(ckpt["config"].get("run") or {}), "name": None, "resume": None}}
     try:
-        cfg = config_from_dict(ckpt["config"])
+        cfg = config_from_dict(saved)
     except ConfigError as exc:
         raise CheckpointError(f"checkpoint {args.checkpoint} holds an invalid config: {exc}") from None
     cfg = merge_overrides(
@@ -208,6 +307,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         cfg.model.name, num_classes=cfg.model.num_classes or info.num_classes,
         in_channels=cfg.model.in_channels or info.in_channels, **cfg.model.kwargs,
     )  # fmt: skip
+    ato_state = (ckpt.get("callbacks") or {}).get("ato")
+    if isinstance(ato_state, dict) and ato_state.get("cut"):
+        # Saved after an ATO cut (surgery=freeze): the weights are the compact model's.
+        model = _compact_architecture(model, cfg, ato_state, test[0][0].unsqueeze(0))
     load_model_state(model, ckpt["model"], f"checkpoint {args.checkpoint}")
     loader = DataLoader(test, batch_size=args.batch_size or cfg.data.eval_batch_size, num_workers=0)
     metrics = evaluate_model(model.to(device), loader, device)
@@ -267,14 +370,25 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out-dir", help="parent folder of run folders (default runs/)")
     g.add_argument("--name", help="run folder name (default <model>-<data>)")
     g.add_argument(
-        "--resume", metavar="auto|PATH", help="continue from <run dir>/last.pt (auto) or a checkpoint"
+        "--resume", metavar="auto|PATH",
+        help="continue from the newest readable checkpoint of the run dir (auto: last.pt, else prev.pt) or a file",
     )
+    g.add_argument(
+        "--checkpoint-every-steps", type=int, metavar="N",
+        help="also write last.pt every N steps, mid-epoch (0: at epoch ends only; default 500)",
+    )  # fmt: skip
     g.add_argument("--max-steps-per-epoch", type=int, metavar="N", help="cut epochs short (smoke tests)")
     g.add_argument("--tensorboard", action="store_true", default=None, help="also log to TensorBoard")
     g = train.add_argument_group("pruning")
     g.add_argument("--prune", metavar="none|ato", help="pruning method (default none)")
     g.add_argument("--remove-flops", type=float, metavar="F", help="share of MACs to remove, e.g. 0.5")
     g.add_argument("--remove-params", type=float, metavar="F", help="share of parameters to remove")
+    g = train.add_argument_group("distributed (see docs/distributed.md)")
+    g.add_argument("--nproc", type=int, metavar="N",
+                   help="train with DDP in N processes on this machine (one per GPU); --batch-size is global")
+    g.add_argument("--nnodes", type=int, metavar="N", help="number of machines (run the command on each)")
+    g.add_argument("--node-rank", type=int, metavar="R", help="this machine's index, 0..nnodes-1")
+    g.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="rendezvous address for --nnodes > 1")
     train.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", parents=[common], help="evaluate a checkpoint on its dataset's test split")
@@ -324,6 +438,41 @@ def _setup_logging(verbose: bool) -> None:
     log.propagate = False
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_WORKER = re.compile(r"^Caught \w+ in DataLoader (worker process \d+)")
+
+
+def user_message(exc: BaseException) -> str:
+    """The one-line text ``ato`` prints for a user error: whitespace collapsed, terminal colour codes removed.
+
+    A DataLoader worker re-raises an error in the main process with the worker's whole traceback as the
+    message; only the original message is kept (with the worker named), so no traceback reaches the user.
+    """
+    text = _ANSI.sub("", str(exc))
+    worker = _WORKER.match(text)
+    if worker and "Original Traceback" in text:
+        # The traceback ends with "<module>.<ExcName>: <original message>" (possibly several lines).
+        name = re.escape(type(exc).__name__)
+        last = list(re.finditer(rf"^(?:[\w.]+\.)?{name}: ", text, re.M))
+        if last:
+            text = f"{text[last[-1].end():]} (in DataLoader {worker.group(1)})"
+    return " ".join(text.split()) or type(exc).__name__
+
+
+def _warning_printer(verbose: bool) -> Any:
+    """A ``warnings.showwarning`` that logs ``warning: <message>`` like every other warning of ``ato``.
+
+    Python's own display adds the file, line and source of the ``warnings.warn`` call, which is noise to a
+    CLI user (``--verbose`` keeps the location).
+    """
+
+    def show(message: Any, category: type[Warning], filename: str, lineno: int, *_: Any, **__: Any) -> None:
+        text = " ".join(str(message).split())
+        log.warning(f"{text} ({category.__name__} at {filename}:{lineno})" if verbose else text)
+
+    return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``ato``; returns the exit status (0 ok, 2 user error, 130 interrupted)."""
     parser = build_parser()
@@ -334,12 +483,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     verbose = bool(getattr(args, "verbose", False))
     _setup_logging(verbose)
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():  # restores the caller's warning display afterwards
+            warnings.showwarning = _warning_printer(verbose)
+            return int(args.func(args) or 0)
     except UserError as exc:
         if verbose:
             traceback.print_exc()
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {user_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

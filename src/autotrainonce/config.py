@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -130,7 +131,11 @@ class RunConfig:
     name: str | None = None
     """Run directory name under out_dir; None uses '<model>-<data>'."""
     resume: str | None = None
-    """None/'none' starts fresh, 'auto' resumes from <run dir>/last.pt if present, or a checkpoint path."""
+    """None/'none' starts fresh, 'auto' resumes from the newest readable checkpoint of the run dir (last.pt,
+    else prev.pt), or a checkpoint path."""
+    checkpoint_every_steps: int = 500
+    """Also write last.pt every this many optimiser steps, mid-epoch (resumes at that exact batch); 0 writes
+    checkpoints at epoch ends only."""
     tensorboard: bool = False
     """Also log to TensorBoard (needs the tensorboard package)."""
     max_steps_per_epoch: int | None = None
@@ -171,8 +176,9 @@ class Config:
     """Pruning (off by default)."""
 
     def validate(self) -> Config:
-        """Check value ranges that types cannot express; returns self."""
+        """Check value ranges that types cannot express, and the pruning options' types; returns self."""
         _check_ranges(self)
+        self.prune.options = _checked_prune_options(self.prune)
         return self
 
 
@@ -232,14 +238,20 @@ def _convert(value: Any, tp: Any) -> Any:
         raise _Mismatch
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        # YAML 1.1 reads "5e-4" (no dot) as a string; accept numeric strings for float fields.
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
+            # YAML 1.1 reads "5e-4" (no dot) as a string; accept numeric strings for float fields.
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 raise _Mismatch from None
-        raise _Mismatch
+        else:
+            raise _Mismatch
+        # inf/nan pass every range check written as a comparison and only fail much later (an inf LR
+        # surfaces as a surgery error, an inf warm-up as an OverflowError), so no float field takes them.
+        if not math.isfinite(number):
+            raise _Mismatch
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -252,7 +264,9 @@ def _convert(value: Any, tp: Any) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise _Mismatch
-        return dict(value)
+        key_tp, _ = typing.get_args(tp) or (Any, Any)
+        # The dict fields become **kwargs of builders: a non-string key would be a TypeError deep inside.
+        return {_convert(k, key_tp): v for k, v in value.items()}
     raise TypeError(f"config annotation {tp!r} is not supported")  # a bug in this module, not user input
 
 
@@ -274,8 +288,9 @@ def _section_from_dict(cls: type, data: Any, section: str) -> Any:
         try:
             kwargs[key] = _convert(value, tp)
         except _Mismatch:
+            extra = "; inf and nan are not allowed" if _non_finite(value) else ""
             raise ConfigError(
-                f"config key '{section}.{key}' expects {_type_name(tp)}, got {_describe(value)}"
+                f"config key '{section}.{key}' expects {_type_name(tp)}, got {_describe(value)}{extra}"
             ) from None
     return cls(**kwargs)
 
@@ -417,6 +432,7 @@ def _check_ranges(cfg: Config) -> None:
         "at least 1",
         r.max_steps_per_epoch,
     )
+    need(r.checkpoint_every_steps >= 0, "run.checkpoint_every_steps", "0 or more", r.checkpoint_every_steps)
     dev = r.device.lower()
     need(
         dev in ("auto", "cpu", "cuda", "mps") or dev.startswith("cuda:"),
@@ -424,6 +440,53 @@ def _check_ranges(cfg: Config) -> None:
         "auto, cpu, cuda or cuda:N",
         r.device,
     )
+    need(r.name is None or _stays_inside(r.name), "run.name",
+         "a folder name inside run.out_dir (relative, no '..')", r.name)  # fmt: skip
     for key in ("remove_flops", "remove_params"):
         value = getattr(p, key)
         need(value is None or 0.0 < value < 1.0, f"prune.{key}", "in (0, 1) or null", value)
+
+
+def _checked_prune_options(prune: PruneConfig) -> dict[str, Any]:
+    """``prune.options`` with each value checked against (and coerced to) the pruning method's option types.
+
+    The options are passed as keyword arguments to the algorithm; without this check a value of the wrong
+    type (``temperature: abc``) fails as a TypeError deep inside it, after the data has been loaded.
+    """
+    if prune.method != "ato" or not prune.options:
+        return prune.options
+    try:
+        from .ato.config import AtoConfig
+    except ImportError:  # a build without the ato package: run_training says so
+        return prune.options
+    hints = typing.get_type_hints(AtoConfig)
+    out: dict[str, Any] = {}
+    for key, value in prune.options.items():
+        if key not in hints:
+            raise ConfigError(_unknown_key_message(str(key), "prune.options", sorted(hints)))
+        try:
+            out[key] = _convert(value, hints[key])
+        except _Mismatch:
+            extra = "; inf and nan are not allowed" if _non_finite(value) else ""
+            expected = _type_name(hints[key])
+            raise ConfigError(
+                f"config key 'prune.options.{key}' expects {expected}, got {_describe(value)}{extra}"
+            ) from None
+    return out
+
+
+def _stays_inside(name: str) -> bool:
+    """Whether the relative path ``name`` stays inside the folder it is joined to (``a``, ``a/b``, no ``..``)."""
+    parts = name.replace("\\", "/").split("/")
+    absolute = name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":")  # /x, \\server, C:
+    return bool(name.strip()) and "\0" not in name and not absolute and ".." not in parts
+
+
+def _non_finite(value: Any) -> bool:
+    """Whether ``value`` is a number (or numeric string) that is inf or nan."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return False
+    try:
+        return not math.isfinite(float(value))
+    except ValueError:
+        return False

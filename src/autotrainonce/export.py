@@ -11,6 +11,11 @@
   model; any other code can do the same in a few lines (docs/export.md).
 - ``compact.onnx`` when the ``onnx`` package is importable: the dynamo exporter first, the TorchScript
   exporter second, with a dynamic batch dimension.
+
+Security: ``compact.pt`` is a pickle. Unpickling it (``torch.load(..., weights_only=False)``) runs whatever
+code the file names, so load it only from runs you trust (your own). :func:`load_compact` never unpickles: it
+reads the JSON description and the safetensors weights and only builds ``torch.nn`` layers and zoo models, so
+it is the loader for files of unknown origin.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import copy
 import importlib.util
 import json
 import logging
+import os
+import tempfile
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -28,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, DiskFullError, is_disk_full
 
 __all__ = [
     "PT_FILE",
@@ -79,6 +86,38 @@ _STANDALONE_ROOTS = {"torch", "builtins", "operator", "_operator", "math", "typi
 
 
 # ------------------------------------------------------------------------------------------------------------
+# writing files
+
+
+@contextlib.contextmanager
+def _atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temp path next to ``path``; a non-empty file written there replaces ``path`` at the end.
+
+    On any error, or when nothing was written, the temp file is removed and ``path`` stays as it was, so a
+    failed or interrupted export never leaves a torn artifact under the final name. A full disk becomes a
+    :class:`DiskFullError` naming the file.
+    """
+    tmp: Path | None = None
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+        yield tmp
+        if tmp.is_file() and tmp.stat().st_size > 0:
+            os.replace(tmp, path)
+    except BaseException as exc:
+        if is_disk_full(exc) and not isinstance(exc, DiskFullError):
+            raise DiskFullError(
+                f"no space left on the device (or quota exceeded) while writing {path}; free some disk space "
+                "or choose another --out-dir"
+            ) from exc
+        raise
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------------------------------
 # compact.pt: a GraphModule
 
 
@@ -105,13 +144,13 @@ def _foreign_modules(gm: torch.fx.GraphModule) -> set[str]:
     return {n for n in names if n.split(".")[0] not in _STANDALONE_ROOTS}
 
 
-def _save_pt(model: nn.Module, path: Path) -> None:
+def _save_pt(model: nn.Module, path: Path, name: str = PT_FILE) -> None:
     try:
         gm = to_graph_module(model)
     except Exception as exc:  # fx cannot trace data-dependent control flow; the plain pickle still works
         warnings.warn(
             f"torch.fx could not trace the compact model ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
-            f"{path.name} pickles the model object, so loading it needs the package defining "
+            f"{name} pickles the model object, so loading it needs the package defining "
             f"{type(model).__module__}.{type(model).__qualname__}",
             stacklevel=3,
         )
@@ -120,7 +159,7 @@ def _save_pt(model: nn.Module, path: Path) -> None:
     foreign = _foreign_modules(gm)
     if foreign:
         warnings.warn(
-            f"{path.name} references {', '.join(sorted(foreign))}; loading it needs those modules importable",
+            f"{name} references {', '.join(sorted(foreign))}; loading it needs those modules importable",
             stacklevel=3,
         )
     gm.eval()
@@ -239,11 +278,11 @@ def _count_tensors(out: Any) -> int:
     return 0
 
 
-def _save_onnx(model: nn.Module, args: tuple[Any, ...], path: Path) -> str | None:
+def _save_onnx(model: nn.Module, args: tuple[Any, ...], path: Path, name: str = ONNX_FILE) -> str | None:
     """Export with a dynamic batch dimension; returns the exporter used, or None (warning) on failure."""
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
     if len(tensors) != len(args):
-        log.warning("%s not written: ONNX export needs tensor inputs only", path.name)
+        log.warning("%s not written: ONNX export needs tensor inputs only", name)
         return None
     inputs = ["input"] if len(args) == 1 else [f"input_{i}" for i in range(len(args))]
     with torch.no_grad():
@@ -271,7 +310,7 @@ def _save_onnx(model: nn.Module, args: tuple[Any, ...], path: Path) -> str | Non
                 f"torchscript: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             )
     path.unlink(missing_ok=True)
-    log.warning("%s not written, both ONNX exporters failed (%s)", path.name, "; ".join(errors))
+    log.warning("%s not written, both ONNX exporters failed (%s)", name, "; ".join(errors))
     return None
 
 
@@ -320,11 +359,15 @@ def save_compact(
             warnings.warn(f"cannot build zoo model {zoo.get('name')!r} as reference: {exc}", stacklevel=2)
     paths: dict[str, Path] = {}
 
+    # Each file is written under a temp name and renamed into place, so a failure (full disk, say) leaves
+    # the earlier artifacts whole and no torn file under a final name.
     paths["pt"] = out / PT_FILE
-    _save_pt(model, paths["pt"])
+    with _atomic_path(paths["pt"]) as tmp:
+        _save_pt(model, tmp, name=PT_FILE)
 
     paths["safetensors"] = out / SAFETENSORS_FILE
-    save_file(_plain_state_dict(model), str(paths["safetensors"]), metadata={"format": "pt"})
+    with _atomic_path(paths["safetensors"]) as tmp:
+        save_file(_plain_state_dict(model), str(tmp), metadata={"format": "pt"})
 
     first = next(iter(model.parameters()), None)
     description = {
@@ -343,12 +386,17 @@ def save_compact(
         "modules": describe_architecture(model, reference),
     }  # fmt: skip
     paths["json"] = out / JSON_FILE
-    paths["json"].write_text(json.dumps(description, indent=1) + "\n")
+    with _atomic_path(paths["json"]) as tmp:
+        tmp.write_text(json.dumps(description, indent=1) + "\n")
 
     if onnx and onnx_available():
         target = out / ONNX_FILE
-        if _save_onnx(model, args, target) is not None:
+        with _atomic_path(target) as tmp:
+            used = _save_onnx(model, args, tmp, name=ONNX_FILE)
+        if used is not None:
             paths["onnx"] = target
+        else:
+            target.unlink(missing_ok=True)  # an ONNX file left by an earlier export would not match the rest
     return paths
 
 
@@ -365,6 +413,9 @@ def _build_module(path: str, spec: Mapping[str, Any]) -> nn.Module:
 
 def load_compact(source: str | Path, *, model: nn.Module | None = None) -> nn.Module:
     """Rebuild the compact model from ``compact.json`` + ``compact.safetensors`` (CPU, eval mode).
+
+    Nothing is unpickled (safetensors + JSON only), so this is safe on files from elsewhere; ``compact.pt``,
+    in contrast, is a pickle to load with ``torch.load(..., weights_only=False)`` from trusted runs only.
 
     Args:
         source: the run directory, or the path of ``compact.json``.
@@ -400,7 +451,11 @@ def load_compact(source: str | Path, *, model: nn.Module | None = None) -> nn.Mo
     dtype = getattr(torch, str(desc.get("dtype", "float32")), torch.float32)
     if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
         model = model.to(dtype)
-    weights = path.parent / str(desc.get("weights", SAFETENSORS_FILE))
+    name = str(desc.get("weights", SAFETENSORS_FILE))
+    if Path(name).name != name or name in ("", ".", ".."):
+        # The JSON may come from elsewhere: it must not point the loader at files outside its own folder.
+        raise CheckpointError(f"{path}: 'weights' must be a file name next to it, got {name!r}")
+    weights = path.parent / name
     if not weights.is_file():
         raise CheckpointError(f"{weights} not found next to {path.name}")
     try:

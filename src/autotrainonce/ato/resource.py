@@ -151,8 +151,9 @@ def resolve_target(target: Target, space: _Space, min_channels: int = 0) -> Budg
         reasons = sorted({g.reason for g in space.groups if g.reason})
         why = f" (reasons: {'; '.join(reasons)})" if reasons else ""
         raise TargetError(
-            f"cannot reach {target}: the model has no prunable channel groups{why}; "
-            "nothing can be removed"
+            f"cannot reach {target}: the model has no prunable channel groups{why}; nothing can be removed. "
+            "Train it without pruning, or look at discover(model, x).summary() (`ato info --model NAME`) "
+            "for why each group is kept"
         )
     total = target.cost(space, None)
     fixed = target.cost(space, _all_removed(space))

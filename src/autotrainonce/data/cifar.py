@@ -47,8 +47,8 @@ _LABEL_TYPES = ("fine", "coarse")
 def _hint(kind: str) -> str:
     lay = _LAYOUT[kind]
     return (
-        f"extract {lay['archive']} (from https://www.cs.toronto.edu/~kriz/cifar.html) and pass root= "
-        f"or set ATO_DATA_ROOT to the folder holding {lay['folder']}/"
+        f"extract {lay['archive']} (from https://www.cs.toronto.edu/~kriz/cifar.html) and point --data-root "
+        f"(root=) or ATO_DATA_ROOT at the folder holding {lay['folder']}/"
     )
 
 
@@ -80,7 +80,10 @@ def _read_batch(path: Path, label_key: str, hint: str) -> tuple[np.ndarray, np.n
     if "data" not in batch or label_key not in batch:
         raise DatasetError(f"{path} is corrupt (keys {sorted(batch)}, need data and {label_key}); {hint}")
     data = np.asarray(batch["data"])
-    labels = np.asarray(batch[label_key], dtype=np.int64).reshape(-1)
+    try:
+        labels = np.asarray(batch[label_key], dtype=np.int64).reshape(-1)
+    except (TypeError, ValueError, OverflowError) as exc:  # labels that are not a flat list of ints
+        raise DatasetError(f"{path} is corrupt ({label_key}: {exc}); {hint}") from None
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise DatasetError(
             f"{path} is corrupt (data {data.dtype} {data.shape}, expected uint8 N×3072); {hint}"

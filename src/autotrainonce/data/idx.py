@@ -7,6 +7,7 @@ big-endian uint32, then the values (big-endian for multi-byte types) in row-majo
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -53,7 +54,7 @@ def read_idx(path: str | Path, *, hint: str = "replace the file") -> np.ndarray:
         raise _corrupt(path, "header cut short", hint)
     dims = struct.unpack(f">{ndim}I", raw[4:header])
     dtype = np.dtype(IDX_TYPES[code])
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(dims) * dtype.itemsize  # Python ints: a damaged header must not overflow int64
     if len(raw) - header != expected:
         raise _corrupt(path, f"{len(raw) - header} data bytes where dims {dims} need {expected}", hint)
     arr = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)

@@ -36,11 +36,14 @@ def _check_channels(channels: int) -> None:
 
 def _root(root: str | Path | None) -> Path:
     if root is None:
-        raise ConfigError("imagefolder needs root=<folder holding train/ and test/ (or val/)>")
+        raise ConfigError(
+            "imagefolder needs --data-root (root=) naming a folder holding train/ and test/ (or val/)"
+        )
     path = Path(root).expanduser()
     if not path.is_dir():
         raise DatasetError(
-            f"image folder {path} not found; pass root= pointing at a folder with train/ and test/"
+            f"image folder {path} not found; point --data-root (root=) at a folder holding train/ and test/ "
+            "(or val/), one sub-folder per class"
         )
     return path
 

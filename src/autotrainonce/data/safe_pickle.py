@@ -70,5 +70,11 @@ def safe_load(path: str | Path, *, hint: str = "replace the file") -> Any:
         raise
     except FileNotFoundError:
         raise DatasetError(f"{path} not found; {hint}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
-        raise DatasetError(f"{path} is corrupt ({type(exc).__name__}: {exc}); {hint}") from None
+    except OSError as exc:
+        raise DatasetError(f"cannot read {path} ({exc.strerror or exc}); {hint}") from None
+    except Exception as exc:
+        # Only allowed classes are ever built, so whatever load() raises comes from damaged bytes: truncation
+        # (EOFError), bad opcodes (UnpicklingError), absurd lengths (OverflowError, MemoryError), a bad memo
+        # reference (KeyError), ...
+        reason = f"{type(exc).__name__}: {exc}"[:200]
+        raise DatasetError(f"{path} is corrupt ({reason}); {hint}") from None

@@ -11,7 +11,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from ..errors import TraceError
+from ..errors import ExampleInputError, TraceError
 from ..graph.tracing import SHAPE, annotate_shapes, as_input_tuple, trace
 from .fallback import discover_by_parts
 from .groups import ChannelGroup, GatePoint, Member
@@ -36,10 +36,14 @@ def discover(
     maximal submodule that traces on its own gets its inner channels analysed, everything crossing the
     untraceable code is kept, and the cost stays exact. A warning says so.
     """
-    inputs = as_input_tuple(example_inputs)
+    try:
+        inputs = as_input_tuple(example_inputs)
+    except TypeError as e:
+        raise ExampleInputError(f"discover: {e}") from None
     try:
         gm = trace(model)
     except TraceError as e:
+        _check_runs(model, inputs)  # the fallback runs the model: say plainly when the inputs are the problem
         ctx, traced = discover_by_parts(model, inputs, lambda g, prefix: propagate(g, rules, prefix))
         where = f"{len(traced)} submodules that trace on their own" if traced else "no submodule"
         warnings.warn(
@@ -48,8 +52,53 @@ def discover(
             stacklevel=2,
         )
         return _assemble(model, ctx, inputs)
-    annotate_shapes(gm, inputs)
+    params = [str(n.target) for n in gm.graph.nodes if n.op == "placeholder"]
+    n_args = len(params)
+    varargs = any(t.startswith("*") for t in params)  # forward(*xs) takes any number of inputs
+    if not varargs and len(inputs) > n_args:
+        raise ExampleInputError(
+            f"discover: {type(model).__name__}.forward takes {n_args} input(s) but example_inputs holds "
+            f"{len(inputs)}; pass one tensor, or a tuple with exactly the positional inputs of forward()"
+        )
+    try:
+        annotate_shapes(gm, inputs)
+    except TraceError:
+        _check_runs(model, inputs)  # raises ExampleInputError when the eager model fails too
+        raise  # the model runs but its traced graph does not: a tracing problem, not the inputs
     return _assemble(model, propagate(gm, rules), inputs)
+
+
+def _describe_inputs(inputs: tuple) -> str:
+    return ", ".join(
+        f"{tuple(x.shape)} {str(x.dtype).removeprefix('torch.')}" if isinstance(x, torch.Tensor)
+        else type(x).__name__
+        for x in inputs
+    )  # fmt: skip
+
+
+def _check_runs(model: nn.Module, inputs: tuple) -> None:
+    """Run ``model`` once on ``inputs`` (eval mode, no grad); raise ExampleInputError if that fails."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()  # eval mode: BatchNorm running statistics are left untouched
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        hint = ""
+        tensors = [x for x in inputs if isinstance(x, torch.Tensor)]
+        if any(x.dim() in (1, 3) for x in tensors):
+            hint = " (a missing batch dimension? use x.unsqueeze(0))"
+        elif any(not x.is_floating_point() for x in tensors):
+            hint = " (integer inputs? most models need float32, e.g. x.float())"
+        raise ExampleInputError(
+            f"discover: {type(model).__name__} cannot run on example_inputs [{_describe_inputs(inputs)}]: "
+            f"{type(e).__name__}: {first}{hint}. Pass an input of the shape and dtype the model is trained on, "
+            "e.g. torch.randn(1, C, H, W) for an image model"
+        ) from e
+    finally:
+        for m, flag in modes.items():
+            m.training = flag
 
 
 def propagate(gm: fx.GraphModule, rules: Mapping[Any, Rule] | None = None, prefix: str = "") -> Propagation:

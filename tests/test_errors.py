@@ -637,3 +637,27 @@ def test_row_disk_full_while_exporting(tmp_path, monkeypatch):
         export.save_compact(Tiny(width=4), torch.zeros(1, 3, 8, 8), tmp_path, onnx=False)
     assert (tmp_path / "compact.pt").read_bytes() == pt_before
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_ato_options_from_the_python_api_are_type_checked():
+    from autotrainonce.ato.config import AtoConfig
+
+    with pytest.raises(ConfigError, match="temperature='abc' has the wrong type: expected float"):
+        AtoConfig.from_options({"temperature": "abc"})
+    with pytest.raises(ConfigError, match="expected int or float; inf and nan are not allowed"):
+        AtoConfig.from_options({"freeze_at": float("inf")})
+    with pytest.raises(ConfigError, match="zero_at_freeze=1 has the wrong type: expected bool"):
+        AtoConfig.from_options({"zero_at_freeze": 1})
+    assert AtoConfig.from_options({"freeze_at": 300, "temperature": 1}).freeze_at == 300
+
+
+def test_row_disk_full_outside_checkpoints_cli(zoo, capsys, tmp_path, monkeypatch):
+    """A full disk while writing metrics.csv is a one-line error with exit 2 that says how to continue."""
+    from autotrainonce.training import metrics
+
+    def full(self):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(metrics.MetricsLogger, "_write", full)
+    code, _, err = run_cli(capsys, *digits_run(tmp_path, "--epochs", "1"))
+    assert_user_error(code, err, "disk is full", "--out-dir", "--resume auto")

@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 import yaml
 
 from .config import Config, config_from_dict, load_config, merge_overrides
-from .errors import CheckpointError, ConfigError, UserError
+from .errors import CheckpointError, ConfigError, UserError, is_disk_full
 
 __all__ = ["main", "build_parser", "DEMO_CONFIG", "demo_config", "parse_input_shape", "user_message"]
 
@@ -490,6 +490,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if verbose:
             traceback.print_exc()
         print(f"error: {user_message(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        # Writes other than checkpoints and exports (metrics.csv, mask.json, plots): the checkpoints written
+        # so far are complete, so the run can be resumed once there is room.
+        if verbose:
+            traceback.print_exc()
+        print(
+            f"error: the disk is full ({exc}); free space or choose another --out-dir, then continue the run "
+            "with --resume auto",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import types
+import typing
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -70,9 +73,35 @@ class AtoConfig:
             raise ConfigError(
                 f"unknown AutoTrainOnce option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(names))}"
             )
+        hints = typing.get_type_hints(cls)
+        for key, value in options.items():
+            if not _fits(value, hints[key]):
+                expected = " or ".join(t.__name__ for t in typing.get_args(hints[key]) or (hints[key],))
+                finite = isinstance(value, float) and not math.isfinite(value)
+                raise ConfigError(
+                    f"AutoTrainOnce option {key}={value!r} has the wrong type: expected {expected}"
+                    + ("; inf and nan are not allowed" if finite else "")
+                )
         return cls(**options)
 
     def schedule(self) -> ScheduleConfig:
         """The schedule part of the options."""
         names = {f.name for f in fields(ScheduleConfig)}
         return ScheduleConfig(**{n: getattr(self, n) for n in names})
+
+
+def _fits(value: Any, tp: Any) -> bool:
+    """Whether ``value`` has the type of an option annotation (bool is not a number; floats are finite)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return any(_fits(value, option) for option in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if tp is int:
+        return isinstance(value, int)
+    if tp is float:
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    return isinstance(value, tp) if isinstance(tp, type) else True

@@ -97,8 +97,10 @@ def test_controller_without_holdout_uses_the_step_batch():
 
 
 # ---------------------------------------------------------------------------------------------- state round trip
+# surgery="end" (the paper's mode) throughout this file; surgery="freeze", the default, is tested in
+# test_surgery_freeze.py.
 SHORT = dict(controller_start=3, hyper_step=2, proximal_start=6, lambda_switch=24, freeze_at=30,
-             mask_interval=5, controller_lr=1e-2)  # fmt: skip
+             mask_interval=5, controller_lr=1e-2, surgery="end")  # fmt: skip
 
 
 def _build(target=None):
@@ -172,7 +174,8 @@ def test_end_to_end_digits_reaches_target_and_exports_exactly(opt_name):
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-2)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
     pruner = AutoTrainOnce(model, EX, Flops(0.5), holdout=holdout, total_steps=total, steps_per_epoch=len(train),
-                           hyper_step=2, controller_lr=1e-2, lambda_switch=0.45, freeze_at=0.5)  # fmt: skip
+                           hyper_step=2, controller_lr=1e-2, lambda_switch=0.45, freeze_at=0.5,
+                           surgery="end")  # fmt: skip
     for _ in range(epochs):
         for xb, yb in train:
             opt.zero_grad()
@@ -205,7 +208,7 @@ def test_end_to_end_digits_reaches_target_and_exports_exactly(opt_name):
 def test_export_before_freeze_warns_and_hard_zeroes():
     torch.manual_seed(0)
     model = Net(8)
-    pruner = AutoTrainOnce(model, EX, Flops(0.3), total_steps=100, offset=0.0)  # offset 0: ~half dropped
+    pruner = AutoTrainOnce(model, EX, Flops(0.3), total_steps=100, offset=0.0, surgery="end")  # ~half dropped
     with pytest.warns(UserWarning, match="before the mask froze"):
         compact = pruner.export()
     assert pruner.frozen and pruner.export_report["max_abs_diff"] <= 1e-4

@@ -50,6 +50,7 @@ DEMO_CONFIG: dict[str, Any] = {
             "freeze_at": 0.51,
             "hyper_step": 10,
             "mask_interval": 0.05,
+            "surgery": "end",
         },
     },
 }

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, SurgeryError
-from ..space.surgery import exact_math
+from ..space.surgery import exact_math, max_output_diff
 from ._utils import EvalMode, HoldoutStream, Masks, call_model, device_of, output_tensors, to_device
 from .config import AtoConfig
 from .controller import Controller
@@ -123,7 +123,7 @@ class AutoTrainOnce:
         self.global_step = 0
         self.frozen = False
         self.cut = False  # surgery="freeze": self.model is the physically pruned network
-        self.cut_report: dict[str, int] = {}
+        self.cut_report: dict[str, float] = {}
         self.lr_decayed = False
         self.mask: list[torch.Tensor] | None = None  # bool keep-masks of the prunable groups (CPU)
         self._ranks_synced = False  # controller broadcast from rank 0 done (distributed runs)
@@ -229,7 +229,11 @@ class AutoTrainOnce:
             "params_before": self.space.params(None),
             "params_after": self.space.params(masks),
         }
-        self.model = self.space.prune(self.model, masks, check=check, optimizer=optimizer)
+        dense = self.model
+        self.model = self.space.prune(dense, masks, check=check, optimizer=optimizer)
+        if check:  # kept for the results table: the same comparison export() makes with surgery="end"
+            diff, scale = max_output_diff(self.space, dense, self.model, masks)
+            self.cut_report.update(max_abs_diff=diff, output_scale=scale)
         self.cut = True
         self.proximal = None
         self.controller = None
@@ -473,7 +477,8 @@ class AutoTrainOnce:
             out = output_tensors(call_model(self.model, inputs))
         if not out or not all(bool(torch.isfinite(o.float()).all()) for o in out):
             raise SurgeryError("the compact model returned no or non-finite outputs on the example inputs")
-        self.export_report = {}
+        # The masked-vs-compact comparison was made at the cut, while the dense network still existed.
+        self.export_report = {k: self.cut_report[k] for k in ("max_abs_diff", "output_scale") if k in self.cut_report}
         return self.model
 
     # ----------------------------------------------------------------------------------------- state

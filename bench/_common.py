@@ -1,13 +1,16 @@
-"""Helpers shared by the bench scripts: environment record, timing callback, paired latency, tables.
+"""Helpers shared by the bench scripts: arguments, base config, main, environment record, timing callback,
+paired latency, summaries and tables.
 
 Not part of the library: the bench scripts put this folder on ``sys.path`` and import it as ``_common``.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import datetime as _dt
 import json
+import logging
 import math
 import os
 import platform
@@ -16,17 +19,37 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
+from torch.utils.data import DataLoader
 
-from autotrainonce.measure import latency_ms
+from autotrainonce import data, models
+from autotrainonce.config import Config, config_from_dict, merge_overrides
+from autotrainonce.errors import UserError
+from autotrainonce.measure import count_macs, latency_ms
 from autotrainonce.training import Callback
+from autotrainonce.training.run import build_data, resolve_model_config
+from autotrainonce.training.utils import resolve_device
 
 __all__ = [
+    "apply_defaults",
+    "check_threads",
+    "check_models",
+    "parse_overrides",
+    "base_config",
+    "run_main",
+    "warm_up_models",
+    "probe_images",
+    "group_by_cell",
+    "add_column_stats",
+    "values_of",
+    "seeds_text",
+    "with_ratio",
     "EpochTimer",
     "environment",
     "paired_latency",
@@ -39,6 +62,123 @@ __all__ = [
     "parse_ints",
     "parse_list",
 ]
+
+
+# ------------------------------------------------------------------------------------------------ arguments
+def apply_defaults(args: argparse.Namespace, defaults: dict[str, Any], quick: dict[str, Any]) -> None:
+    """Fill the unset options from ``quick`` (with --quick) or ``defaults``; latency rounds: 1 quick, else 3."""
+    base = quick if args.quick else defaults
+    for key, value in base.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.latency_rounds is None:
+        args.latency_rounds = 1 if args.quick else 3
+
+
+def check_threads(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """One torch thread for --quick unless set; a usage error for fewer than one."""
+    if args.threads is None and args.quick:
+        args.threads = 1  # tiny tensors: more threads only spin-wait on each other
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be at least 1")
+
+
+def check_models(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
+    """A usage error naming the models that the zoo does not have."""
+    unknown = [m for m in names if m not in models.list_models()]
+    if unknown:
+        parser.error(f"unknown model(s) {unknown}; known: {', '.join(models.list_models())}")
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["a.b=1", "c.d=x"]`` -> ``{"a.b": 1, "c.d": "x"}`` (values read as YAML); UserError on a bad item."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ config and main
+def base_config(args: argparse.Namespace, quick_overrides: dict[str, Any]) -> Config:
+    """The recipe every cell shares: data, optimiser, schedule, epochs (model, seed and pruning set per cell).
+
+    ``quick_overrides`` applies with --quick; the ``--set`` overrides apply last.
+    """
+    cfg = config_from_dict({
+        "data": {"name": args.data, "train_subset": args.train_subset, "batch_size": args.batch_size,
+                 "eval_batch_size": 500, "workers": 0, "augment": True},
+        "optim": {"name": "sgd", "lr": args.lr, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
+        "schedule": {"name": "cosine", "warmup_epochs": args.warmup_epochs},
+        "run": {"epochs": args.epochs, "device": args.device, "out_dir": str(args.out), "resume": None},
+    })  # fmt: skip
+    if args.quick:
+        cfg = merge_overrides(cfg, quick_overrides)
+    return merge_overrides(cfg, parse_overrides(args.set))
+
+
+def run_main(
+    args: argparse.Namespace,
+    argv: Sequence[str] | None,
+    quick_overrides: dict[str, Any],
+    run_all: Callable[[argparse.Namespace, Config], int],
+) -> int:
+    """The body of a bench script's ``main``: logging, base config, a data check, threads, then ``run_all``.
+
+    Returns 2 (after a one-line message on stderr) when the config or the data set is unusable, else what
+    ``run_all(args, base)`` returns; torch's thread count is restored afterwards.
+    """
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    try:
+        base = base_config(args, quick_overrides)
+        data.create(base.data.name, "test", root=base.data.root, **base.data.options)  # fail early: data there?
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        return run_all(args, base)
+    finally:
+        torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------------------------------------ data and models
+def warm_up_models(base: Config, model_names: Sequence[str]) -> None:
+    """Load the data and run one forward/backward pass and one MACs count of each model on one batch.
+
+    Pays the one-time costs (dataset files, first kernels, torch._dynamo's import) before any timed run.
+    """
+    cfg = resolve_model_config(base, data.info(base.data.name, root=base.data.root, **base.data.options))
+    run_data = build_data(cfg)
+    x, y = next(iter(DataLoader(run_data.train, batch_size=base.data.batch_size, shuffle=False)))
+    device = resolve_device(base.run.device)
+    x, y = x.to(device), y.to(device)
+    for name in model_names:
+        model = models.create(name, num_classes=cfg.model.num_classes, in_channels=cfg.model.in_channels)
+        model.to(device)
+        count_macs(model, x[:1])  # the first FlopCounterMode imports torch._dynamo (seconds)
+        model.train()
+        nn.functional.cross_entropy(model(x), y).backward()
+
+
+def probe_images(loader: Iterable[Any], n: int = 64) -> torch.Tensor:
+    """The first ``n`` images of ``loader`` on the CPU (repeated if it has fewer)."""
+    parts, have = [], 0
+    for batch in loader:
+        parts.append(batch[0].cpu())
+        have += parts[-1].shape[0]
+        if have >= n:
+            break
+    x = torch.cat(parts)
+    reps = -(-n // x.shape[0])
+    return x.repeat(reps, *([1] * (x.dim() - 1)))[:n].contiguous()
 
 
 # ------------------------------------------------------------------------------------------------ environment
@@ -181,6 +321,53 @@ def fmt_stat(values: Iterable[Any], digits: int = 2, suffix: str = "", signed: b
     sign = "+" if signed else ""
     text = f"{mean:{sign}.{digits}f}{suffix}"
     return text if n == 1 else f"{text} ± {spread:.{digits}f}"
+
+
+# ------------------------------------------------------------------------------------------------ summaries
+def group_by_cell(rows: Iterable[dict[str, Any]]) -> dict[tuple[str, str, float], list[dict[str, Any]]]:
+    """Rows grouped by (model, method, target_pct), in the order the groups first appear."""
+    groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["method"], r["target_pct"]), []).append(r)
+    return groups
+
+
+def add_column_stats(
+    entry: dict[str, Any], rows: Sequence[dict[str, Any]], columns: Sequence[str], skip_bool: bool = False
+) -> None:
+    """Set ``entry[col]`` to ``{"mean", "spread", "n", "values"}`` for every column numeric in all ``rows``.
+
+    The key columns (model, method, target_pct, seed) are left out; ``skip_bool`` treats booleans as not numeric.
+    """
+    for col in columns:
+        if col in ("model", "method", "target_pct", "seed"):
+            continue
+        vals = [r.get(col) for r in rows]
+        if vals and all(isinstance(v, (int, float)) and not (skip_bool and isinstance(v, bool)) for v in vals):
+            mean, spread, n = mean_spread(vals)
+            entry[col] = {"mean": mean, "spread": spread, "n": n, "values": vals}
+
+
+def values_of(entry: dict[str, Any], col: str) -> list[float]:
+    """The per-seed values of ``col`` in a summary entry ([] when the column has none)."""
+    return list(entry.get(col, {}).get("values", []))
+
+
+def seeds_text(entry: dict[str, Any]) -> str:
+    """``"0,1"``, with ``" (failed: 2)"`` when some seeds failed; ``"—"`` when none completed."""
+    text = ",".join(str(s) for s in entry["seeds"]) or "—"
+    failed = entry["failed_seeds"]
+    return text + (f" (failed: {','.join(map(str, failed))})" if failed else "")
+
+
+def with_ratio(
+    entry: dict[str, Any], value: str, ratio: str, digits: int, unit: str, hide_empty_ratio: bool = False
+) -> str:
+    """``"12.3 s (1.04×)"``; the dense row shows no ratio, nor (with ``hide_empty_ratio``) a row without one."""
+    text = f"{fmt_stat(values_of(entry, value), digits)} {unit}"
+    if entry["method"] == "dense" or (hide_empty_ratio and not values_of(entry, ratio)):
+        return text
+    return f"{text} ({fmt_stat(values_of(entry, ratio), 2)}×)"
 
 
 # ------------------------------------------------------------------------------------------------ output

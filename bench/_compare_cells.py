@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import EpochTimer
+from _common import EpochTimer, probe_images, warm_up_models
 from _peers import (
     OtoHessoCallback,
     TorchPruningCallback,
@@ -181,19 +181,6 @@ def _unprunable_modules(space: PruningSpace) -> list[str]:
     """Modules producing channels of unprunable groups (outputs, residual streams behind a padding shortcut)."""
     names = {m.module for g in space.groups if not g.prunable for m in g.members if m.role == "out"}
     return sorted(n for n in names if n)
-
-
-def _probe_images(loader: Any, n: int = 64) -> torch.Tensor:
-    """The first ``n`` images of ``loader`` on the CPU (repeated if it has fewer)."""
-    parts, have = [], 0
-    for batch in loader:
-        parts.append(batch[0].cpu())
-        have += parts[-1].shape[0]
-        if have >= n:
-            break
-    x = torch.cat(parts)
-    reps = -(-n // x.shape[0])
-    return x.repeat(reps, *([1] * (x.dim() - 1)))[:n].contiguous()
 
 
 def _loader(ds: Any, batch_size: int, device: torch.device, train: bool) -> DataLoader:
@@ -360,7 +347,7 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
     holdout = (
         _loader(run_data.holdout, d.batch_size, device, train=True) if run_data.holdout is not None else None
     )
-    probe = _probe_images(test_loader, 64)
+    probe = probe_images(test_loader, 64)
     dense_macs = count_macs(model, example)
     total_steps = cfg.run.epochs * count_steps(train_loader, cfg.run.max_steps_per_epoch)
     method = _setup(spec, cfg, model, example, probe, holdout, total_steps, cell_dir, dense_macs)
@@ -432,18 +419,7 @@ def warm_up(base: Config, model_names: Sequence[str], methods: Sequence[str]) ->
     """Pay one-time costs before any timed cell: data files, lazy imports, first kernels, peer imports."""
     import autotrainonce.ato  # noqa: F401
 
-    cfg = resolve_model_config(base, data.info(base.data.name, root=base.data.root, **base.data.options))
-    run_data = build_data(cfg)
-    x, y = next(iter(DataLoader(run_data.train, batch_size=base.data.batch_size, shuffle=False)))
-    device = resolve_device(base.run.device)
-    x, y = x.to(device), y.to(device)
-    for name in model_names:
-        model = models.create(name, num_classes=cfg.model.num_classes, in_channels=cfg.model.in_channels).to(
-            device
-        )
-        count_macs(model, x[:1])  # the first FlopCounterMode imports torch._dynamo (seconds)
-        model.train()
-        nn.functional.cross_entropy(model(x), y).backward()
+    warm_up_models(base, model_names)
     for method in methods:
         if missing_peer(method):
             continue

@@ -7,7 +7,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import fmt_stat, markdown_table, mean_spread
+from _common import (
+    add_column_stats,
+    fmt_stat,
+    group_by_cell,
+    markdown_table,
+    mean_spread,
+    seeds_text,
+    values_of,
+    with_ratio,
+)
 
 __all__ = [
     "COLUMNS",
@@ -73,23 +82,14 @@ def order_rows(rows: list[dict[str, Any]], models: Sequence[str]) -> list[dict[s
 
 def summarize(rows: list[dict[str, Any]], models: Sequence[str]) -> list[dict[str, Any]]:
     """One entry per (model, method, target): per-seed values of every numeric column, widths averaged."""
-    groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
-    for r in order_rows(rows, models):
-        groups.setdefault((r["model"], r["method"], r["target_pct"]), []).append(r)
     out = []
-    for (model, method, target), rs in groups.items():
+    for (model, method, target), rs in group_by_cell(order_rows(rows, models)).items():
         ok = [r for r in rs if not r.get("error")]
         entry: dict[str, Any] = {"model": model, "method": method, "target_pct": target,
                                  "seeds": [r["seed"] for r in ok],
                                  "failed_seeds": [r["seed"] for r in rs if r.get("error")],
                                  "errors": sorted({r["error"] for r in rs if r.get("error")})}  # fmt: skip
-        for col in COLUMNS:
-            if col in ("model", "method", "target_pct", "seed"):
-                continue
-            vals = [r.get(col) for r in ok]
-            if vals and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
-                mean, spread, n = mean_spread(vals)
-                entry[col] = {"mean": mean, "spread": spread, "n": n, "values": vals}
+        add_column_stats(entry, ok, COLUMNS, skip_bool=True)
         entry["finetune"] = "/".join(sorted({str(r.get("finetune", "?")) for r in ok})) or "—"
         entry["settings"] = [r.get("setting", "") for r in ok]
         widths: dict[str, list[float]] = {}
@@ -104,23 +104,6 @@ def summarize(rows: list[dict[str, Any]], models: Sequence[str]) -> list[dict[st
     return out
 
 
-def _vals(entry: dict[str, Any], col: str) -> list[float]:
-    return list(entry.get(col, {}).get("values", []))
-
-
-def _with_ratio(e: dict[str, Any], value: str, ratio: str, digits: int, unit: str) -> str:
-    """``"12.3 s (1.04×)"``; the dense row shows no ratio."""
-    text = f"{fmt_stat(_vals(e, value), digits)} {unit}"
-    if e["method"] == "dense" or not _vals(e, ratio):
-        return text
-    return f"{text} ({fmt_stat(_vals(e, ratio), 2)}×)"
-
-
-def _seeds(e: dict[str, Any]) -> str:
-    text = ",".join(str(s) for s in e["seeds"]) or "—"
-    return text + (f" (failed: {','.join(map(str, e['failed_seeds']))})" if e["failed_seeds"] else "")
-
-
 def results_table(summary: list[dict[str, Any]]) -> str:
     """The main Markdown table: one line per model, method and target (mean ± sample std over seeds)."""
     header = ["model", "method", "requested", "MACs removed", "params removed", "top-1 %", "Δ top-1 (pp)",
@@ -132,20 +115,20 @@ def results_table(summary: list[dict[str, Any]]) -> str:
         requested = f"{e['target_pct']:g}%" if pruning else "—"
         error = "; ".join(e["errors"])
         if not e["seeds"]:
-            body.append([e["model"], e["method"], requested, *["—"] * 10, _seeds(e), error])
+            body.append([e["model"], e["method"], requested, *["—"] * 10, seeds_text(e), error])
             continue
         body.append([
             e["model"], e["method"], requested,
-            f"{fmt_stat(_vals(e, 'macs_removed_pct'), 1)}%" if pruning else "—",
-            f"{fmt_stat(_vals(e, 'params_removed_pct'), 1)}%" if pruning else "—",
-            fmt_stat(_vals(e, "test_top1"), 2),
-            fmt_stat(_vals(e, "top1_delta_pp"), 2, signed=True) if pruning else "—",
-            _with_ratio(e, "epoch_s", "epoch_ratio", 1, "s"),
-            _with_ratio(e, "run_s", "run_ratio", 1, "s"),
-            _with_ratio(e, "lat1_ms", "lat1_ratio", 2, "ms"),
-            _with_ratio(e, "lat64_ms", "lat64_ratio", 1, "ms"),
+            f"{fmt_stat(values_of(e, 'macs_removed_pct'), 1)}%" if pruning else "—",
+            f"{fmt_stat(values_of(e, 'params_removed_pct'), 1)}%" if pruning else "—",
+            fmt_stat(values_of(e, "test_top1"), 2),
+            fmt_stat(values_of(e, "top1_delta_pp"), 2, signed=True) if pruning else "—",
+            with_ratio(e, "epoch_s", "epoch_ratio", 1, "s", hide_empty_ratio=True),
+            with_ratio(e, "run_s", "run_ratio", 1, "s", hide_empty_ratio=True),
+            with_ratio(e, "lat1_ms", "lat1_ratio", 2, "ms", hide_empty_ratio=True),
+            with_ratio(e, "lat64_ms", "lat64_ratio", 1, "ms", hide_empty_ratio=True),
             e["finetune"] if pruning else "—",
-            _seeds(e), error,
+            seeds_text(e), error,
         ])  # fmt: skip
     return markdown_table(header, body, align="lllrrrrrrrrlll")
 
@@ -194,6 +177,15 @@ def _figure(n: int, width: float = 6.0, height: float = 4.2) -> tuple[Any, Any, 
     return fig, canvas, list(axes)
 
 
+def _legend_or_note(ax: Any, has_lines: bool, note: str) -> None:
+    """A light grid, and a legend when ``ax`` has lines, else ``note`` in its middle."""
+    ax.grid(alpha=0.3)
+    if has_lines:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, note, ha="center", va="center", transform=ax.transAxes)
+
+
 def plot_accuracy(summary: list[dict[str, Any]], models: Sequence[str], path: Path) -> None:
     """accuracy vs MACs removed: a line per method (error bars: spread over seeds), dense as a horizontal line."""
     fig, _, axes = _figure(len(models))
@@ -201,7 +193,7 @@ def plot_accuracy(summary: list[dict[str, Any]], models: Sequence[str], path: Pa
         entries = [e for e in summary if e["model"] == model and e["seeds"]]
         for e in entries:
             if e["method"] == "dense":
-                mean, spread, _ = mean_spread(_vals(e, "test_top1"))
+                mean, spread, _ = mean_spread(values_of(e, "test_top1"))
                 ax.axhline(mean, color="black", linestyle="--", linewidth=1, label=f"dense ({mean:.2f}%)")
                 if spread > 0:
                     ax.axhspan(mean - spread, mean + spread, color="black", alpha=0.08)
@@ -211,18 +203,14 @@ def plot_accuracy(summary: list[dict[str, Any]], models: Sequence[str], path: Pa
             pts = sorted((e for e in entries if e["method"] == method), key=lambda e: e["target_pct"])
             if not pts:
                 continue
-            xs = [mean_spread(_vals(e, "macs_removed_pct")) for e in pts]
-            ys = [mean_spread(_vals(e, "test_top1")) for e in pts]
+            xs = [mean_spread(values_of(e, "macs_removed_pct")) for e in pts]
+            ys = [mean_spread(values_of(e, "test_top1")) for e in pts]
             ax.errorbar([x[0] for x in xs], [y[0] for y in ys], xerr=[x[1] for x in xs], yerr=[y[1] for y in ys],
                         capsize=3, label=method, **_style(method))  # fmt: skip
         ax.set_title(model)
         ax.set_xlabel("MACs removed (%)")
         ax.set_ylabel("test top-1 of the compact model (%)")
-        ax.grid(alpha=0.3)
-        if entries:
-            ax.legend(fontsize=8)
-        else:
-            ax.text(0.5, 0.5, "no completed runs", ha="center", va="center", transform=ax.transAxes)
+        _legend_or_note(ax, bool(entries), "no completed runs")
     fig.savefig(path, dpi=110)
 
 
@@ -252,9 +240,5 @@ def plot_widths(
         ax.set_title(
             f"{model}: kept channels per conv at {target:g}% MACs removed" if target is not None else model
         )
-        ax.grid(alpha=0.3)
-        if entries:
-            ax.legend(fontsize=8)
-        else:
-            ax.text(0.5, 0.5, "no completed pruning runs", ha="center", va="center", transform=ax.transAxes)
+        _legend_or_note(ax, bool(entries), "no completed pruning runs")
     fig.savefig(path, dpi=110)

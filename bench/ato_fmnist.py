@@ -28,36 +28,39 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
-from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
     EpochTimer,
+    add_column_stats,
+    apply_defaults,
+    check_models,
+    check_threads,
     environment,
     fmt_stat,
+    group_by_cell,
     markdown_table,
     mean_spread,
     paired_latency,
     parse_floats,
     parse_ints,
     parse_list,
+    probe_images,
+    run_main,
+    seeds_text,
+    values_of,
+    warm_up_models,
+    with_ratio,
     write_csv,
     write_json,
 )
 
-from autotrainonce import data, models  # noqa: E402
-from autotrainonce.config import Config, config_from_dict, merge_overrides  # noqa: E402
+from autotrainonce.config import Config, merge_overrides  # noqa: E402
 from autotrainonce.errors import UserError  # noqa: E402
 from autotrainonce.measure import count_macs, count_params, latency_ms  # noqa: E402
-from autotrainonce.training.run import (  # noqa: E402
-    RunResult,
-    build_data,
-    resolve_model_config,
-    run_training,
-)
+from autotrainonce.training.run import RunResult, run_training  # noqa: E402
 from autotrainonce.training.utils import resolve_device  # noqa: E402
 
 log = logging.getLogger("bench.ato_fmnist")
@@ -138,16 +141,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="digits, 2 epochs, resnet20: a smoke run for CI")
     p.add_argument("--quiet", action="store_true", help="log warnings only (no per-epoch lines)")
     args = p.parse_args(argv)
-    base = QUICK if args.quick else DEFAULTS
-    for key, value in base.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    if args.latency_rounds is None:
-        args.latency_rounds = 1 if args.quick else 3
-    if args.threads is None and args.quick:
-        args.threads = 1  # tiny tensors: more threads only spin-wait on each other
-    if args.threads is not None and args.threads < 1:
-        p.error("--threads must be at least 1")
+    apply_defaults(args, DEFAULTS, QUICK)
+    check_threads(p, args)
     try:
         args.model_list = parse_list(args.models)
         args.target_list = parse_floats(args.targets)
@@ -156,9 +151,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error(f"bad list: {exc}")
     if not args.model_list or not args.seed_list:
         p.error("--models and --seeds need at least one entry")
-    unknown = [m for m in args.model_list if m not in models.list_models()]
-    if unknown:
-        p.error(f"unknown model(s) {unknown}; known: {', '.join(models.list_models())}")
+    check_models(p, args.model_list)
     bad = [t for t in args.target_list if not 0.0 < t < 1.0]
     if bad:
         p.error(f"targets must be fractions in (0, 1), got {bad}")
@@ -170,40 +163,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _overrides(items: Sequence[str]) -> dict[str, Any]:
-    """``["a.b=1", "c.d=x"]`` -> ``{"a.b": 1, "c.d": "x"}`` (values parsed as YAML)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
-def base_config(args: argparse.Namespace) -> Config:
-    """The recipe every row shares: data, optimiser, schedule, epochs (model, seed and pruning set per cell)."""
-    cfg = config_from_dict(
-        {
-            "data": {
-                "name": args.data, "train_subset": args.train_subset, "batch_size": args.batch_size,
-                "eval_batch_size": 500, "workers": 0, "augment": True,
-            },
-            "optim": {"name": "sgd", "lr": args.lr, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
-            "schedule": {"name": "cosine", "warmup_epochs": args.warmup_epochs},
-            "run": {"epochs": args.epochs, "device": args.device, "out_dir": str(args.out), "resume": None},
-        }
-    )  # fmt: skip
-    if args.quick:
-        cfg = merge_overrides(cfg, QUICK_OVERRIDES)
-    return merge_overrides(cfg, _overrides(args.set))
-
-
 def cell_config(base: Config, cell: Cell) -> Config:
     """``base`` for one cell: model, seed, run name and (for ATO) the MACs target."""
     prune: dict[str, Any] = {"method": "none"}
     if cell.target is not None:
-        prune = {"method": "ato", "remove_flops": cell.target}
+        # surgery="end" (the paper's mode) unless --set says otherwise: this benchmark checks the trained
+        # dense network, masked, against its export; bench/compare.py has both modes side by side.
+        options = {"surgery": "end", **dict(base.prune.options or {})}
+        if options["surgery"] != "end":
+            raise UserError("ato_fmnist.py measures surgery='end' only; use bench/compare.py for surgery='freeze'")
+        prune = {"method": "ato", "remove_flops": cell.target, "options": options}
     return merge_overrides(
         base,
         {"model": {"name": cell.model}, "run": {"seed": cell.seed, "name": cell.name}, "prune": prune},
@@ -219,35 +188,12 @@ def warm_up(base: Config, model_names: Sequence[str]) -> None:
     import autotrainonce.ato  # noqa: F401  (the pruner and its plots import lazily in run_training)
     import autotrainonce.viz  # noqa: F401
 
-    cfg = resolve_model_config(base, data.info(base.data.name, root=base.data.root, **base.data.options))
-    run_data = build_data(cfg)
-    x, y = next(iter(DataLoader(run_data.train, batch_size=base.data.batch_size, shuffle=False)))
-    device = resolve_device(base.run.device)
-    x, y = x.to(device), y.to(device)
-    for name in model_names:
-        model = models.create(name, num_classes=cfg.model.num_classes, in_channels=cfg.model.in_channels)
-        model.to(device)
-        count_macs(model, x[:1])  # the first FlopCounterMode imports torch._dynamo (seconds)
-        model.train()
-        nn.functional.cross_entropy(model(x), y).backward()
+    warm_up_models(base, model_names)
 
 
 def _cpu(model: nn.Module) -> nn.Module:
     """An eval-mode, contiguous-format CPU copy (the original stays where it is)."""
     return copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format).eval()
-
-
-def _probe_images(loader: Any, n: int = 64) -> torch.Tensor:
-    """The first ``n`` evaluation images on the CPU (repeated if the test set is smaller)."""
-    parts, have = [], 0
-    for batch in loader:
-        parts.append(batch[0].cpu())
-        have += parts[-1].shape[0]
-        if have >= n:
-            break
-    x = torch.cat(parts)
-    reps = -(-n // x.shape[0])
-    return x.repeat(reps, *([1] * (x.dim() - 1)))[:n].contiguous()
 
 
 @torch.no_grad()
@@ -286,7 +232,7 @@ def run_cell(cfg: Config, cell: Cell, dense_models: dict[tuple[str, int], nn.Mod
     row["train_images"] = len(trainer.train_loader.dataset)
     row["masked_top1"] = result.metrics.get("test_top1", math.nan)
 
-    x64 = _probe_images(trainer.eval_loader, 64)
+    x64 = probe_images(trainer.eval_loader, 64)
     x1 = x64[:1]
     trained = _cpu(trainer.model)
     dense_macs, dense_params = count_macs(trained, x1), count_params(trained)
@@ -349,39 +295,15 @@ def _order(rows: list[dict[str, Any]], models_: list[str]) -> list[dict[str, Any
 
 def summarize(rows: list[dict[str, Any]], models_: list[str]) -> list[dict[str, Any]]:
     """One entry per (model, method, target) with every numeric column's per-seed values."""
-    groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
-    for r in _order(rows, models_):
-        groups.setdefault((r["model"], r["method"], r["target_pct"]), []).append(r)
     out = []
-    for (model, method, target), rs in groups.items():
+    for (model, method, target), rs in group_by_cell(_order(rows, models_)).items():
         ok = [r for r in rs if not r.get("error")]
         entry: dict[str, Any] = {"model": model, "method": method, "target_pct": target}
         entry["seeds"] = [r["seed"] for r in ok]
         entry["failed_seeds"] = [r["seed"] for r in rs if r.get("error")]
-        for col in COLUMNS:
-            if col in ("model", "method", "target_pct", "seed"):
-                continue
-            vals = [r.get(col) for r in ok]
-            if vals and all(isinstance(v, (int, float)) for v in vals):
-                mean, spread, n = mean_spread(vals)
-                entry[col] = {"mean": mean, "spread": spread, "n": n, "values": vals}
+        add_column_stats(entry, ok, COLUMNS)
         out.append(entry)
     return out
-
-
-def _vals(entry: dict[str, Any], col: str) -> list[float]:
-    return list(entry.get(col, {}).get("values", []))
-
-
-def _with_ratio(e: dict[str, Any], value: str, ratio: str, digits: int, unit: str) -> str:
-    """``"12.3 s (1.04×)"``; the dense row has no ratio."""
-    text = f"{fmt_stat(_vals(e, value), digits)} {unit}"
-    return text if e["method"] == "dense" else f"{text} ({fmt_stat(_vals(e, ratio), 2)}×)"
-
-
-def _seeds(e: dict[str, Any]) -> str:
-    text = ",".join(str(s) for s in e["seeds"]) or "—"
-    return text + (f" (failed: {','.join(map(str, e['failed_seeds']))})" if e["failed_seeds"] else "")
 
 
 def results_table(summary: list[dict[str, Any]]) -> str:
@@ -396,24 +318,24 @@ def results_table(summary: list[dict[str, Any]]) -> str:
         ato = e["method"] == "ato"
         requested = f"{e['target_pct']:g}%" if ato else "—"
         if not e["seeds"]:
-            body.append([e["model"], e["method"], requested, *["failed"] * 10, _seeds(e)])
+            body.append([e["model"], e["method"], requested, *["failed"] * 10, seeds_text(e)])
             continue
         body.append(
             [
                 e["model"],
                 e["method"],
                 requested,
-                f"{fmt_stat(_vals(e, 'macs_removed_pct'), 1)}%" if ato else "—",
-                f"{fmt_stat(_vals(e, 'params_removed_pct'), 1)}%" if ato else "—",
-                fmt_stat(_vals(e, "test_top1"), 2),
-                fmt_stat(_vals(e, "top1_delta_pp"), 2, signed=True) if ato else "—",
-                _with_ratio(e, "epoch_s", "epoch_ratio", 1, "s"),
-                f"{fmt_stat(_vals(e, 'step_ratio'), 2)}×" if ato else "—",
-                _with_ratio(e, "run_s", "run_ratio", 1, "s"),
-                _with_ratio(e, "lat1_ms", "lat1_ratio", 2, "ms"),
-                _with_ratio(e, "lat64_ms", "lat64_ratio", 1, "ms"),
-                _sci(max(_vals(e, "max_abs_diff"), default=math.nan)) if ato else "—",
-                _seeds(e),
+                f"{fmt_stat(values_of(e, 'macs_removed_pct'), 1)}%" if ato else "—",
+                f"{fmt_stat(values_of(e, 'params_removed_pct'), 1)}%" if ato else "—",
+                fmt_stat(values_of(e, "test_top1"), 2),
+                fmt_stat(values_of(e, "top1_delta_pp"), 2, signed=True) if ato else "—",
+                with_ratio(e, "epoch_s", "epoch_ratio", 1, "s"),
+                f"{fmt_stat(values_of(e, 'step_ratio'), 2)}×" if ato else "—",
+                with_ratio(e, "run_s", "run_ratio", 1, "s"),
+                with_ratio(e, "lat1_ms", "lat1_ratio", 2, "ms"),
+                with_ratio(e, "lat64_ms", "lat64_ratio", 1, "ms"),
+                _sci(max(values_of(e, "max_abs_diff"), default=math.nan)) if ato else "—",
+                seeds_text(e),
             ]
         )
     return markdown_table(header, body, align="lllrrrrrrrrrrl")
@@ -433,21 +355,21 @@ def goals(summary: list[dict[str, Any]], models_: list[str]) -> list[str]:
             continue
         half = [e for e in ato if abs(e["target_pct"] - 50.0) < 1e-6]
         if half:
-            d = mean_spread(_vals(half[0], "top1_delta_pp"))[0]
+            d = mean_spread(values_of(half[0], "top1_delta_pp"))[0]
             verdict = "—" if math.isnan(d) else ("met" if d >= -0.5 else "missed")
             lines.append(f"- **{model}**, 50% removed: compact top-1 {d:+.2f} pp vs dense (goal ≥ −0.5 pp): {verdict}")
         else:
             lines.append(f"- **{model}**: no 50% row, accuracy goal not measured")
-        gaps = [(e["target_pct"], mean_spread(_vals(e, "macs_gap_pp"))[0]) for e in ato]
+        gaps = [(e["target_pct"], mean_spread(values_of(e, "macs_gap_pp"))[0]) for e in ato]
         ok = all(abs(g) <= 2.0 for _, g in gaps)
         parts = ", ".join(f"{t:g}% → {t + g:.1f}% ({g:+.1f} pp)" for t, g in gaps)
         lines.append(f"- **{model}**, MACs removed vs requested: {parts} (goal within ±2 pp): {'met' if ok else 'missed'}")
-        ratios = [(e["target_pct"], mean_spread(_vals(e, "epoch_ratio"))[0]) for e in ato]
+        ratios = [(e["target_pct"], mean_spread(values_of(e, "epoch_ratio"))[0]) for e in ato]
         if any(math.isnan(r) for _, r in ratios):
             lines.append(f"- **{model}**, ATO epoch time: no dense row to compare with")
             continue
         ok = all(r <= 1.15 for _, r in ratios)
-        steps = ", ".join(f"{e['target_pct']:g}%: {mean_spread(_vals(e, 'step_ratio'))[0]:.2f}×" for e in ato)
+        steps = ", ".join(f"{e['target_pct']:g}%: {mean_spread(values_of(e, 'step_ratio'))[0]:.2f}×" for e in ato)
         parts = ", ".join(f"{t:g}%: {r:.2f}×" for t, r in ratios)
         lines.append(
             f"- **{model}**, ATO epoch time vs dense: {parts} (goal ≤ 1.15×, measured, not asserted): "
@@ -528,24 +450,7 @@ def save(out: Path, args: argparse.Namespace, env: dict[str, Any], rows: list[di
 # ------------------------------------------------------------------------------------------------ main
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; 0 when every cell finished, 1 when some failed, 2 on a usage error."""
-    args = parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-    try:
-        base = base_config(args)
-        data.create(base.data.name, "test", root=base.data.root, **base.data.options)  # fail early: data there?
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    try:
-        return _run_all(args, base)
-    finally:
-        torch.set_num_threads(threads)
+    return run_main(parse_args(argv), argv, QUICK_OVERRIDES, _run_all)
 
 
 def _run_all(args: argparse.Namespace, base: Config) -> int:

@@ -25,16 +25,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
+    apply_defaults,
+    check_models,
+    check_threads,
     environment,
     paired_latency,
     parse_floats,
     parse_ints,
     parse_list,
+    run_main,
     write_csv,
     write_json,
 )
@@ -58,9 +61,8 @@ from _compare_report import (  # noqa: E402
     summarize,
 )
 
-from autotrainonce import data, models  # noqa: E402
-from autotrainonce.config import Config, config_from_dict, merge_overrides  # noqa: E402
-from autotrainonce.errors import UserError  # noqa: E402
+from autotrainonce import models  # noqa: E402
+from autotrainonce.config import Config  # noqa: E402
 from autotrainonce.measure import latency_ms  # noqa: E402
 from autotrainonce.training.utils import resolve_device  # noqa: E402
 
@@ -120,20 +122,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="digits, 2 epochs, 50%% only: a smoke run for CI")
     p.add_argument("--quiet", action="store_true", help="log warnings only")
     args = p.parse_args(argv)
-    base = QUICK if args.quick else DEFAULTS
-    for key, value in base.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    if args.latency_rounds is None:
-        args.latency_rounds = 1 if args.quick else 3
+    apply_defaults(args, DEFAULTS, QUICK)
     if args.jobs < 1:
         p.error("--jobs must be at least 1")
     if args.jobs > 1 and args.threads is None:
         args.threads = 1  # one thread per worker: the workers, not OpenMP, use the cores
-    if args.threads is None and args.quick:
-        args.threads = 1  # tiny tensors: more threads only spin-wait on each other
-    if args.threads is not None and args.threads < 1:
-        p.error("--threads must be at least 1")
+    check_threads(p, args)
     try:
         args.model_list = parse_list(args.model)
         args.target_list = parse_floats(args.remove_flops)
@@ -144,9 +138,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error(f"bad list: {exc}")
     if not args.model_list or not args.seed_list or not args.method_list:
         p.error("--model, --seeds and --methods need at least one entry")
-    unknown = [m for m in args.model_list if m not in models.list_models()]
-    if unknown:
-        p.error(f"unknown model(s) {unknown}; known: {', '.join(models.list_models())}")
+    check_models(p, args.model_list)
     bad_methods = [m for m in args.method_list if m not in METHODS]
     if bad_methods:
         p.error(f"unknown method(s) {bad_methods}; choose from {', '.join(METHODS)}")
@@ -162,31 +154,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.out is None:
         args.out = Path("runs") / f"bench-compare-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     return args
-
-
-def _overrides(items: Sequence[str]) -> dict[str, Any]:
-    """``["a.b=1"]`` -> ``{"a.b": 1}`` (values read as YAML)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
-def base_config(args: argparse.Namespace) -> Config:
-    """The recipe every cell shares (model, seed and pruning are set per cell)."""
-    cfg = config_from_dict({
-        "data": {"name": args.data, "train_subset": args.train_subset, "batch_size": args.batch_size,
-                 "eval_batch_size": 500, "workers": 0, "augment": True},
-        "optim": {"name": "sgd", "lr": args.lr, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
-        "schedule": {"name": "cosine", "warmup_epochs": args.warmup_epochs},
-        "run": {"epochs": args.epochs, "device": args.device, "out_dir": str(args.out), "resume": None},
-    })  # fmt: skip
-    if args.quick:
-        cfg = merge_overrides(cfg, QUICK_OVERRIDES)
-    return merge_overrides(cfg, _overrides(args.set))
 
 
 def cell_specs(args: argparse.Namespace, base: Config) -> list[CellSpec]:
@@ -308,26 +275,7 @@ def save(args: argparse.Namespace, env: dict[str, Any], rows: list[dict[str, Any
 # ------------------------------------------------------------------------------------------------ main
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the comparison; 0 when every library method finished (peers may fail), 1 otherwise, 2 on usage."""
-    args = parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-    try:
-        base = base_config(args)
-        data.create(
-            base.data.name, "test", root=base.data.root, **base.data.options
-        )  # fail early: data there?
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    try:
-        return _run_all(args, base)
-    finally:
-        torch.set_num_threads(threads)
+    return run_main(parse_args(argv), argv, QUICK_OVERRIDES, _run_all)
 
 
 def _run_all(args: argparse.Namespace, base: Config) -> int:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import importlib.util
 import io
 import json
 import math
@@ -21,19 +20,13 @@ import torch
 
 import autotrainonce as ato
 from autotrainonce.config import Config
-
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+from bench_modules import load_bench_script
 
 
 @pytest.fixture(scope="module")
 def compare() -> ModuleType:
     """bench/compare.py imported as a module (it is a script; it puts bench/ on sys.path for its helpers)."""
-    spec = importlib.util.spec_from_file_location("bench_compare", BENCH / "compare.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("compare.py", "bench_compare")
 
 
 @pytest.fixture(scope="module")

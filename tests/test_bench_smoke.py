@@ -6,27 +6,20 @@ No accuracy and no timing is asserted: the numbers of a one-epoch run on 8x8 dig
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "ato_fmnist.py"
+from bench_modules import load_bench_script
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
     """bench/ato_fmnist.py imported as a module (it is a script, not part of the package)."""
-    spec = importlib.util.spec_from_file_location("bench_ato_fmnist", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("ato_fmnist.py", "bench_ato_fmnist")
 
 
 def _row(bench: ModuleType, method: str, target: float, seed: int, top1: float, epoch_s: float) -> dict:

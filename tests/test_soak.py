@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-SOAK = Path(__file__).resolve().parents[1] / "bench" / "soak.py"
+from bench_modules import load_bench_script
+
 SMALL = "resnet20,mobilenetv2_cifar"  # the cheapest zoo models: keeps the smoke test to a few seconds
 
 
 @pytest.fixture(scope="module")
 def soak() -> ModuleType:
     """bench/soak.py imported as a module (it is a script, not part of the package)."""
-    spec = importlib.util.spec_from_file_location("bench_soak", SOAK)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("soak.py", "bench_soak")
 
 
 def test_two_jobs_pass(soak, capsys, tmp_path):

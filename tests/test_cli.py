@@ -11,6 +11,7 @@ import types
 
 import pytest
 import torch
+import yaml
 
 from autotrainonce import cli, data, export
 from autotrainonce.errors import DatasetError
@@ -247,10 +248,14 @@ def test_train_ato_surgery_freeze_reports_no_dense_accuracy(capsys, tmp_path, mo
     monkeypatch.setattr(export, "onnx_available", lambda: False)
     code, out, err = run(
         capsys, *DIGITS_RUN, "--out-dir", str(tmp_path), "--name", "f", "--prune", "ato",
-        "--remove-flops", "0.5", "--set", "prune.options.surgery=freeze",
+        "--remove-flops", "0.5", "--set", "prune.options.hyper_step=3", "--surgery", "freeze",
     )
     assert code == 0, err
+    saved = yaml.safe_load((tmp_path / "f" / "config.yaml").read_text())
+    assert saved["prune"]["options"]["surgery"] == "freeze"
+    assert saved["prune"]["options"]["hyper_step"] == 3  # --surgery merges into the other options
     results = json.loads((tmp_path / "f" / "results.json").read_text())
+    assert results["equivalence"]["max_abs_diff"] <= 1e-4  # measured at the cut
     assert results["dense"]["test_top1"] is None  # the dense network no longer exists at the end
     assert results["change"]["test_top1_pt"] is None
     assert 0.45 < 1 - results["change"]["macs_ratio"] < 0.55

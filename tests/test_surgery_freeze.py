@@ -89,7 +89,7 @@ def test_end_and_freeze_give_the_same_compact_model():
             assert torch.allclose(va, vb, rtol=1e-4, atol=1e-5), k
 
 
-def _trainer_run(run_dir, surgery="freeze", stop_at_epoch=None, resume=None):
+def _trainer_run(run_dir, surgery="freeze", stop_at_epoch=None, resume=None, channels_last=False):
     from autotrainonce.training import Callback, Trainer
 
     class Interrupt(Callback):
@@ -108,7 +108,7 @@ def _trainer_run(run_dir, surgery="freeze", stop_at_epoch=None, resume=None):
     cb = AtoCallback(pruner)
     extra = [Interrupt()] if stop_at_epoch is not None else []
     trainer = Trainer(model, train, None, epochs=epochs, callbacks=[cb, *extra], run_dir=run_dir, device="cpu",
-                      progress=False)  # fmt: skip
+                      progress=False, channels_last=channels_last)  # fmt: skip
     with pytest.raises(KeyboardInterrupt) if stop_at_epoch is not None else contextlib.nullcontext():
         trainer.fit(resume=resume)
     return trainer, cb
@@ -143,3 +143,12 @@ def test_trainer_resume_after_the_cut_gives_the_same_run(tmp_path):
     assert sa.keys() == sb.keys()
     for k in sa:
         assert torch.equal(sa[k], sb[k]), k
+
+
+def test_trainer_cut_keeps_channels_last(tmp_path):
+    """The compact model swapped in at the cut keeps the trainer's memory format and trains on."""
+    trainer, cb = _trainer_run(tmp_path / "cl", channels_last=True)
+    assert cb.pruner.cut and trainer.model is cb.pruner.model
+    convs = [m.weight for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert trainer.global_step == 40 and trainer.last_metrics["train_loss"] > 0

@@ -126,7 +126,10 @@ def _train_config(args: argparse.Namespace) -> Config:
         },
         "prune": {"method": args.prune, "remove_flops": args.remove_flops, "remove_params": args.remove_params},
     }  # fmt: skip
-    return merge_overrides(cfg, flags)
+    cfg = merge_overrides(cfg, flags)
+    if getattr(args, "surgery", None):  # one ATO option, merged into the others rather than replacing them
+        cfg = merge_overrides(cfg, {"prune.options.surgery": args.surgery})
+    return cfg
 
 
 #: Flags of `ato train` that only the launcher reads; they are not passed on to the processes it starts.
@@ -384,6 +387,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prune", metavar="none|ato", help="pruning method (default none)")
     g.add_argument("--remove-flops", type=float, metavar="F", help="share of MACs to remove, e.g. 0.5")
     g.add_argument("--remove-params", type=float, metavar="F", help="share of parameters to remove")
+    g.add_argument(
+        "--surgery", choices=("freeze", "end"),
+        help="ATO: cut the network when the mask freezes and train the compact model on (freeze, default), "
+        "or at the end as the paper (end)",
+    )  # fmt: skip
     g = train.add_argument_group("distributed (see docs/distributed.md)")
     g.add_argument("--nproc", type=int, metavar="N",
                    help="train with DDP in N processes on this machine (one per GPU); --batch-size is global")

@@ -234,3 +234,31 @@ def test_compact_json_builds_only_torch_nn_layers(tmp_path):
         (run / "compact.json").write_text(json.dumps({**desc, "modules": {"conv1": spec}}))
         with pytest.raises(CheckpointError, match="cannot rebuild"):
             export.load_compact(run)
+
+
+def test_gzip_bomb_idx_is_refused_without_expanding_it(tmp_path):
+    """A small .gz whose header claims far more data than it could hold is refused before decompressing."""
+    import gzip
+    import struct
+
+    from autotrainonce.data.idx import read_idx
+
+    n = 200_000_000  # 200 MB of zeros compress to ~200 kB
+    header = struct.pack(">HBB", 0, 8, 2) + struct.pack(">2I", n // 1000, 1000)
+    bomb = tmp_path / "train-images-idx3-ubyte.gz"
+    with gzip.open(bomb, "wb", compresslevel=9) as f:
+        f.write(header)
+        chunk = bytes(10_000_000)
+        for _ in range(n // len(chunk)):
+            f.write(chunk)
+    assert bomb.stat().st_size < 1_000_000
+    with pytest.raises(DatasetError, match=r"header claims 200000000 bytes, more than .* compressed\); replace"):
+        read_idx(bomb)
+    # a genuine gzip file still reads, and trailing extra data is still refused
+    good = np.arange(6000, dtype=np.uint8).reshape(6, 1000)
+    raw = struct.pack(">HBB", 0, 8, 2) + struct.pack(">2I", 6, 1000) + good.tobytes()
+    (tmp_path / "ok.gz").write_bytes(gzip.compress(raw))
+    assert np.array_equal(read_idx(tmp_path / "ok.gz"), good)
+    (tmp_path / "extra.gz").write_bytes(gzip.compress(raw + b"xx"))
+    with pytest.raises(DatasetError, match="6001 data bytes"):
+        read_idx(tmp_path / "extra.gz")

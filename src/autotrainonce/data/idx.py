@@ -6,7 +6,6 @@ big-endian uint32, then the values (big-endian for multi-byte types) in row-majo
 
 from __future__ import annotations
 
-import gzip
 import math
 import struct
 import zlib
@@ -27,6 +26,31 @@ def _corrupt(path: Path, reason: str, hint: str) -> DatasetError:
     return DatasetError(f"{path} is corrupt ({reason}); {hint}")
 
 
+# Deflate can expand up to ~1000x; real IDX data (images, labels) expands far less. Past this ratio a small
+# file would only be a way to exhaust memory (a "gzip bomb"), so it is refused.
+_MAX_EXPANSION = 200
+_MIN_LIMIT = 64 << 20
+
+
+def _gunzip(raw: bytes, path: Path, hint: str) -> bytes:
+    """Decompress no more than the IDX header says the file holds (plus one byte, to notice extra data)."""
+    stream = zlib.decompressobj(wbits=31)  # wbits 31: a gzip container
+    out = stream.decompress(raw, 4)
+    if len(out) == 4 and out[:2] == b"\0\0" and out[2] in IDX_TYPES:
+        out += stream.decompress(stream.unconsumed_tail, 4 * out[3])
+        if len(out) == 4 + 4 * out[3]:
+            dims = struct.unpack(f">{out[3]}I", out[4:])
+            need = math.prod(dims) * np.dtype(IDX_TYPES[out[2]]).itemsize
+            limit = max(_MIN_LIMIT, _MAX_EXPANSION * len(raw))
+            if need > limit:
+                raise _corrupt(
+                    path, f"its header claims {need} bytes, more than {limit} from {len(raw)} compressed", hint
+                )
+            out += stream.decompress(stream.unconsumed_tail, need + 1)
+            return out
+    return out  # a bad header: read_idx reports it
+
+
 def read_idx(path: str | Path, *, hint: str = "replace the file") -> np.ndarray:
     """Read one IDX file (gzip detected from its content, not its name) into a native-endian array.
 
@@ -41,7 +65,9 @@ def read_idx(path: str | Path, *, hint: str = "replace the file") -> np.ndarray:
         raise DatasetError(f"cannot read {path} ({exc.strerror or exc}); {hint}") from None
     if raw[:2] == _GZIP_MAGIC:
         try:
-            raw = gzip.decompress(raw)
+            raw = _gunzip(raw, path, hint)
+        except DatasetError:
+            raise
         except (OSError, EOFError, zlib.error) as exc:
             raise _corrupt(path, f"bad gzip data: {exc}", hint) from None
     if len(raw) < 4:

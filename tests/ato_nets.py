@@ -7,6 +7,7 @@ import functools
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 EX = torch.zeros(1, 1, 8, 8)  # example input: one 8x8 greyscale digit
 
@@ -36,3 +37,21 @@ def digits() -> tuple[torch.Tensor, torch.Tensor]:
     d = load_digits()
     x = torch.tensor(d.data / 16.0, dtype=torch.float32).reshape(-1, 1, 8, 8)
     return x, torch.tensor(d.target, dtype=torch.long)
+
+
+def digits_train_loader() -> DataLoader:
+    """The first 640 digits, shuffled, 10 batches of 64 per epoch (the Trainer runs of the ATO tests)."""
+    x, y = digits()
+    return DataLoader(TensorDataset(x[:640], y[:640]), batch_size=64, shuffle=True, drop_last=True)
+
+
+def interrupt_at_epoch(epoch: int | None) -> list:
+    """A Trainer callback that raises KeyboardInterrupt as ``epoch`` starts (a killed run); none for None."""
+    from autotrainonce.training import Callback
+
+    class Interrupt(Callback):
+        def on_train_epoch_start(self, trainer, index):
+            if index == epoch:
+                raise KeyboardInterrupt
+
+    return [Interrupt()] if epoch is not None else []

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from ato_nets import EX, Net, digits
+from ato_nets import EX, Net, digits, digits_train_loader, interrupt_at_epoch
 from autotrainonce.ato import AutoTrainOnce, Flops, Params, make_callback
 from autotrainonce.errors import CheckpointError, ConfigError, TargetError
 
@@ -262,22 +262,17 @@ def test_callback_with_a_trainer_like_object(tmp_path):
 
 
 def _trainer_run(run_dir, stop_at_epoch=None, resume=None):
-    from autotrainonce.training import Callback, Trainer
-
-    class Interrupt(Callback):
-        def on_train_epoch_start(self, trainer, epoch):
-            if epoch == stop_at_epoch:
-                raise KeyboardInterrupt
+    from autotrainonce.training import Trainer
 
     torch.manual_seed(0)
     model = Net(8)
-    x, y = digits()
-    train = DataLoader(TensorDataset(x[:640], y[:640]), batch_size=64, shuffle=True, drop_last=True)
+    train = digits_train_loader()
     _, holdout, _ = loaders()
     cfg = SimpleNamespace(method="ato", remove_flops=0.4, remove_params=None,
-                          options=dict(hyper_step=2, controller_lr=1e-2, lambda_switch=0.5, freeze_at=0.6))  # fmt: skip
+                          options=dict(hyper_step=2, controller_lr=1e-2, lambda_switch=0.5, freeze_at=0.6,
+                                       surgery="end"))  # fmt: skip
     cb = make_callback(cfg, model, EX, holdout, total_steps=6 * len(train))
-    extra = [Interrupt()] if stop_at_epoch is not None else []
+    extra = interrupt_at_epoch(stop_at_epoch)
     trainer = Trainer(model, train, None, epochs=6, callbacks=[cb, *extra], run_dir=run_dir, device="cpu",
                       progress=False)  # fmt: skip
     with pytest.raises(KeyboardInterrupt) if stop_at_epoch is not None else contextlib.nullcontext():

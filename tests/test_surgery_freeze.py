@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from ato_nets import EX, Net, digits
+from ato_nets import EX, Net, digits, digits_train_loader, interrupt_at_epoch
 from autotrainonce.ato import AutoTrainOnce, Flops
 from autotrainonce.ato.callback import AtoCallback
 from autotrainonce.errors import ConfigError
@@ -90,23 +90,17 @@ def test_end_and_freeze_give_the_same_compact_model():
 
 
 def _trainer_run(run_dir, surgery="freeze", stop_at_epoch=None, resume=None, channels_last=False):
-    from autotrainonce.training import Callback, Trainer
-
-    class Interrupt(Callback):
-        def on_train_epoch_start(self, trainer, epoch):
-            if epoch == stop_at_epoch:
-                raise KeyboardInterrupt
+    from autotrainonce.training import Trainer
 
     torch.manual_seed(0)
     model = Net(8)
-    x, y = digits()
-    train = DataLoader(TensorDataset(x[:640], y[:640]), batch_size=64, shuffle=True, drop_last=True)
+    train = digits_train_loader()
     epochs = 4
     total = epochs * len(train)  # 40 steps, freeze at step 16 (epoch 2)
     pruner = AutoTrainOnce(model, EX, Flops(0.4), holdout=_holdout(), total_steps=total, surgery=surgery,
                            hyper_step=2, controller_lr=1e-2, lambda_switch=0.35, freeze_at=0.4)  # fmt: skip
     cb = AtoCallback(pruner)
-    extra = [Interrupt()] if stop_at_epoch is not None else []
+    extra = interrupt_at_epoch(stop_at_epoch)
     trainer = Trainer(model, train, None, epochs=epochs, callbacks=[cb, *extra], run_dir=run_dir, device="cpu",
                       progress=False, channels_last=channels_last)  # fmt: skip
     with pytest.raises(KeyboardInterrupt) if stop_at_epoch is not None else contextlib.nullcontext():

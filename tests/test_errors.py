@@ -661,3 +661,61 @@ def test_row_disk_full_outside_checkpoints_cli(zoo, capsys, tmp_path, monkeypatc
     monkeypatch.setattr(metrics.MetricsLogger, "_write", full)
     code, _, err = run_cli(capsys, *digits_run(tmp_path, "--epochs", "1"))
     assert_user_error(code, err, "disk is full", "--out-dir", "--resume auto")
+
+
+# ----------------------------------------------------------------------------------------------- the model given to ATO
+
+
+def _tiny() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 3))
+
+
+def test_ato_without_total_steps_says_how_to_give_it():
+    with pytest.raises(ConfigError, match=r"total_steps=.*epochs \* len\(train_loader\)"):
+        AutoTrainOnce(_tiny(), torch.zeros(1, 1, 8, 8), Flops(0.3))
+    with pytest.raises(TypeError):  # no longer positional: a loader there must not be taken for it
+        AutoTrainOnce(_tiny(), torch.zeros(1, 1, 8, 8), Flops(0.3), None, 100)
+    p = AutoTrainOnce(_tiny(), torch.zeros(1, 1, 8, 8), Flops(0.3), epochs=3, steps_per_epoch=7)
+    assert p.schedule.total_steps == 21
+    assert AutoTrainOnce(_tiny(), torch.zeros(1, 1, 8, 8), Flops(0.3), total_steps=np.int64(50)).schedule.total_steps == 50
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: "resnet20", r"needs a torch.nn.Module instance, got str 'resnet20'.*models.create\('resnet20'"),
+        (lambda: nn.Conv2d, r"got the class Conv2d; call it"),
+        (lambda: nn.DataParallel(_tiny()), r"already wrapped in DataParallel.*wrapped.module"),
+        (lambda: _tiny().to("meta"), r"meta device.*to_empty"),
+    ],
+    ids=["string", "class", "dataparallel", "meta"],
+)
+def test_models_that_cannot_be_pruned_are_refused_clearly(make, match):
+    model = make()
+    with pytest.raises(ConfigError, match=match):
+        AutoTrainOnce(model, torch.zeros(1, 1, 8, 8), Flops(0.3), total_steps=10)
+    with pytest.raises(ConfigError, match=match.replace("AutoTrainOnce", "discover")):
+        discover(model, torch.zeros(1, 1, 8, 8))
+
+
+def test_ddp_wrapped_model_is_refused(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        ddp = nn.parallel.DistributedDataParallel(_tiny())
+        snapshot = {k: v.clone() for k, v in ddp.module.state_dict().items()}
+        with pytest.raises(ConfigError, match=r"already wrapped in DistributedDataParallel.*wrapped.module"):
+            AutoTrainOnce(ddp, torch.zeros(1, 1, 8, 8), Flops(0.3), total_steps=10)
+        assert all(torch.equal(v, snapshot[k]) for k, v in ddp.module.state_dict().items())
+    finally:
+        dist.destroy_process_group()
+
+
+def test_parametrized_weights_are_refused_for_ato():
+    from torch.nn.utils.parametrizations import weight_norm
+
+    model = _tiny()
+    model[0] = weight_norm(model[0])
+    with pytest.raises(ConfigError, match="parametrizations.*remove_parametrizations"):
+        AutoTrainOnce(model, torch.zeros(1, 1, 8, 8), Flops(0.3), total_steps=10)

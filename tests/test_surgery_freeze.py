@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import warnings
 
@@ -14,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from ato_nets import EX, Net, digits, digits_train_loader, interrupt_at_epoch
 from autotrainonce.ato import AutoTrainOnce, Flops
 from autotrainonce.ato.callback import AtoCallback
-from autotrainonce.errors import ConfigError
+from autotrainonce.errors import ConfigError, SurgeryError
 from autotrainonce.models import count_params
 
 OPTS = dict(controller_start=3, hyper_step=2, proximal_start=6, lambda_switch=24, freeze_at=30,
@@ -146,3 +147,54 @@ def test_trainer_cut_keeps_channels_last(tmp_path):
     convs = [m.weight for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
     assert trainer.global_step == 40 and trainer.last_metrics["train_loss"] > 0
+
+
+def test_cut_is_in_place_and_an_optimizer_left_behind_is_refused():
+    torch.manual_seed(0)
+    model = Net(8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    other = torch.optim.SGD(model.parameters(), lr=0.05)  # built before the cut, never given to the pruner
+    ema = copy.deepcopy(model)
+    pruner = AutoTrainOnce(model, EX, Flops(0.4), holdout=_holdout(), total_steps=40, **OPTS)
+    x, y = digits()
+    for i in range(30):
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x[i * 20 : (i + 1) * 20]), y[i * 20 : (i + 1) * 20]).backward()
+        opt.step()
+        cut = pruner.step(opt)
+    assert cut and pruner.model is model and pruner.export() is model
+    assert count_params(model) == pruner.space.params(pruner.current_masks())
+    assert pruner.cut_report["max_abs_diff"] <= 1e-4 * max(1.0, pruner.cut_report["output_scale"])
+    with pytest.raises(SurgeryError, match="still holds parameters of the network from before the cut"):
+        pruner.step(other)
+    pruner.apply_cut_(ema)  # an EMA copy made before the cut follows the same mask
+    assert [p.shape for p in ema.parameters()] == [p.shape for p in model.parameters()]
+
+
+def test_user_loop_resumes_after_the_cut_with_the_pruner_state_first():
+    torch.manual_seed(0)
+    a = Net(8)
+    opt_a = torch.optim.SGD(a.parameters(), lr=0.05, momentum=0.9)
+    pa = AutoTrainOnce(a, EX, Flops(0.4), holdout=_holdout(), total_steps=40, **OPTS)
+    x, y = digits()
+
+    def train(model, opt, pruner, steps):
+        for i in steps:
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x[i * 20 : (i + 1) * 20]), y[i * 20 : (i + 1) * 20]).backward()
+            opt.step()
+            pruner.step(opt)
+
+    train(a, opt_a, pa, range(32))
+    # a copy, as torch.save/torch.load would give (load_state_dict may share the checkpoint's tensors)
+    ckpt = copy.deepcopy({"model": a.state_dict(), "opt": opt_a.state_dict(), "ato": pa.state_dict()})
+    b = Net(8)  # a fresh process: dense model, optimizer over its dense parameters
+    opt_b = torch.optim.SGD(b.parameters(), lr=0.05, momentum=0.9)
+    pb = AutoTrainOnce(b, EX, Flops(0.4), holdout=_holdout(), total_steps=40, **OPTS)
+    pb.load_state_dict(ckpt["ato"], optimizer=opt_b)
+    b.load_state_dict(ckpt["model"])
+    opt_b.load_state_dict(ckpt["opt"])
+    train(a, opt_a, pa, range(32, 40))
+    train(b, opt_b, pb, range(32, 40))
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k

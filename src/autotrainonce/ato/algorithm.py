@@ -7,7 +7,9 @@ on a held-out batch, resamples the proximal mask, applies the guided proximal st
 
 from __future__ import annotations
 
+import operator
 import warnings
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -17,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, SurgeryError
-from ..space.surgery import exact_math, max_output_diff
+from ..space.model_checks import check_model
+from ..space.surgery import exact_math, in_place_blocker
 from ._utils import EvalMode, HoldoutStream, Masks, call_model, device_of, output_tensors, to_device
 from .config import AtoConfig
 from .controller import Controller
@@ -49,6 +52,24 @@ def _seek_holdout(stream: HoldoutStream, drawn: int) -> None:
         stream._skip = 0  # the sampler skips instead
 
 
+def _total_steps(total_steps: int | None, epochs: int | None, steps_per_epoch: int | None) -> int:
+    """total_steps, or epochs * steps_per_epoch; a ConfigError saying how to give it otherwise."""
+    if total_steps is None and epochs is not None and steps_per_epoch is not None:
+        total_steps = int(epochs) * int(steps_per_epoch)
+    if total_steps is None:
+        raise ConfigError(
+            "AutoTrainOnce needs the length of the run to place its schedule: pass total_steps=<optimizer steps "
+            "of the whole run> (e.g. epochs * len(train_loader)), or epochs=<E> with steps_per_epoch=<len(loader)>"
+        )
+    try:
+        steps = operator.index(total_steps)  # ints and numpy ints; not floats or bools
+    except TypeError:
+        steps = 0
+    if isinstance(total_steps, bool) or steps <= 0:
+        raise ConfigError(f"total_steps must be a positive int (optimizer steps of the whole run), got {total_steps!r}")
+    return steps
+
+
 class AutoTrainOnce:
     """The ATO pruner for one model and one run.
 
@@ -60,8 +81,10 @@ class AutoTrainOnce:
         holdout: an iterable of ``(inputs, targets)`` batches for the controller (a held-out split). If None,
             the batch given to :meth:`step` is used instead.
         total_steps: optimizer steps of the whole run (epochs * batches per epoch); the schedule scales to it.
+            Required (keyword), unless ``epochs`` and ``steps_per_epoch`` are given.
+        epochs: with ``steps_per_epoch``, gives ``total_steps = epochs * steps_per_epoch``.
         steps_per_epoch: if given, the proximal mask is resampled once per epoch (unless ``mask_interval`` says
-            otherwise).
+            otherwise); e.g. ``len(train_loader)``.
         space: a pruning space already discovered for ``model`` (default: ``discover(model, example_inputs)``).
         criterion: the controller's task loss ``criterion(outputs, targets)`` (default: cross-entropy).
         **options: see :class:`AtoConfig` and docs/ato.md.
@@ -80,13 +103,16 @@ class AutoTrainOnce:
         example_inputs: Any,
         target: Target,
         holdout: Iterable[Any] | None = None,
-        total_steps: int = 0,
         *,
+        total_steps: int | None = None,
+        epochs: int | None = None,
         steps_per_epoch: int | None = None,
         space: Any = None,
         criterion: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
         **options: Any,
     ) -> None:
+        check_model(model, "AutoTrainOnce")
+        total_steps = _total_steps(total_steps, epochs, steps_per_epoch)
         self.config = cfg = AtoConfig.from_options(options)
         self.schedule = Schedule.build(cfg.schedule(), total_steps, steps_per_epoch)
         self.model = model
@@ -96,6 +122,12 @@ class AutoTrainOnce:
 
             space = discover(model, example_inputs)
         self.space = space
+        blocker = in_place_blocker(model)
+        if blocker is not None:
+            raise ConfigError(
+                f"ATO cannot prune this model: {blocker}, so neither the proximal step nor the cut can act on "
+                "them; remove the parametrization first (torch.nn.utils.parametrize.remove_parametrizations)"
+            )
         self.target = target
         self.budget = resolve_target(target, space, cfg.min_channels)  # raises TargetError for bad or unreachable targets
         self.prunable = [i for i, g in enumerate(space.groups) if g.prunable]
@@ -124,6 +156,10 @@ class AutoTrainOnce:
         self.frozen = False
         self.cut = False  # surgery="freeze": self.model is the physically pruned network
         self.cut_report: dict[str, float] = {}
+        #: set by owners (the Trainer callback) that rebuild their DDP wrapper themselves after a cut
+        self.owner_rebuilds_wrappers = False
+        self._replaced: list[weakref.ref] = []  # parameters the cut replaced (an optimizer must not hold them)
+        self._optimizer_checked = True
         self.lr_decayed = False
         self.mask: list[torch.Tensor] | None = None  # bool keep-masks of the prunable groups (CPU)
         self._ranks_synced = False  # controller broadcast from rank 0 done (distributed runs)
@@ -210,10 +246,13 @@ class AutoTrainOnce:
             self._cut(optimizer)
 
     def _cut(self, optimizer: torch.optim.Optimizer | None, check: bool = True) -> None:
-        """Replace ``self.model`` by the physically pruned network (surgery="freeze").
+        """Cut the network physically to the frozen mask (surgery="freeze"), in place.
 
-        ``optimizer`` (if given) is moved in place onto the compact parameters with its state sliced. The
-        proximal step and the controller are dropped: nothing is left to shrink or search.
+        ``self.model`` stays the same object (same submodules; shrunk parameters are new, smaller Parameters on
+        them), so the user's ``model`` variable and a ``torch.compile`` wrapper keep working on the compact
+        network; ``optimizer`` (if given) is moved onto the new parameters in place with its state sliced. The
+        next :meth:`step` raises if its optimizer still holds replaced parameters. The proximal step and the
+        controller are dropped.
         """
         assert self.mask is not None
         masks = self._full(self.mask)
@@ -229,15 +268,45 @@ class AutoTrainOnce:
             "params_before": self.space.params(None),
             "params_after": self.space.params(masks),
         }
-        dense = self.model
-        self.model = self.space.prune(dense, masks, check=check, optimizer=optimizer)
-        if check:  # kept for the results table: the same comparison export() makes with surgery="end"
-            diff, scale = max_output_diff(self.space, dense, self.model, masks)
-            self.cut_report.update(max_abs_diff=diff, output_scale=scale)
+        before = {id(p): p for p in self.model.parameters()}
+        # check: kept for the results table, the comparison export() makes with surgery="end"
+        self.space.prune_(self.model, masks, check=check, optimizer=optimizer, report=self.cut_report)
+        now = {id(p) for p in self.model.parameters()}
+        self._replaced = [weakref.ref(p) for i, p in before.items() if i not in now]
+        self._optimizer_checked = False
+        if _world_size() > 1 and not self.owner_rebuilds_wrappers:
+            warnings.warn(
+                "the network was cut in place: rebuild your DistributedDataParallel wrapper now "
+                "(ddp = DistributedDataParallel(pruner.model, ...)); its buckets still have the dense sizes",
+                stacklevel=3,
+            )
         self.cut = True
         self.proximal = None
         self.controller = None
         self.controller_optimizer = None
+
+    def _check_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Raise (once checked, never again) if ``optimizer`` still holds parameters the cut replaced."""
+        self._optimizer_checked = True
+        old = {id(p) for r in self._replaced if (p := r()) is not None}
+        self._replaced = []
+        if any(id(p) in old for g in optimizer.param_groups for p in g["params"]):
+            raise SurgeryError(
+                "the optimizer given to pruner.step() still holds parameters of the network from before the cut, "
+                "so it no longer trains the model: pass that optimizer to the call that cut (pruner.step(optimizer), "
+                "or pruner.load_state_dict(state, optimizer=optimizer) when resuming), or build the optimizer "
+                "after the cut from model.parameters()"
+            )
+
+    def apply_cut_(self, module: nn.Module) -> nn.Module:
+        """Cut another copy of the uncut network (an EMA copy, say) in place to the frozen mask, and return it.
+
+        The copy must have the architecture the pruner was built for (``copy.deepcopy`` of the model before
+        the cut). Call it after the cut; raises if the mask is not final yet.
+        """
+        if not self.frozen or self.mask is None:
+            raise SurgeryError("apply_cut_() needs the final mask: call it after the cut (pruner.cut is True)")
+        return self.space.prune_(module, self._full(self.mask), check=False)
 
     # ----------------------------------------------------------------------------------------- ranks
     def _agree(self, keep: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -326,13 +395,15 @@ class AutoTrainOnce:
         """Call after every ``optimizer.step()`` of the model; does what the schedule says for this step.
 
         ``batch`` is only used for controller steps when no holdout loader was given. Returns True at the one
-        step where the network was cut (surgery="freeze"): from then on train :attr:`model`, the compact
-        network; ``optimizer`` was already moved onto its parameters in place.
+        step where the network was cut (surgery="freeze"). The cut happens in place: the model object you hold
+        is now the compact network and ``optimizer`` keeps training it (its state sliced); nothing to swap.
         """
         self.global_step += 1
         t, s = self.global_step, self.schedule
         self._sync_device()
         if self.cut:
+            if not self._optimizer_checked:
+                self._check_optimizer(optimizer)
             return False
         if not self._ranks_synced:
             self._broadcast_controller()
@@ -501,8 +572,13 @@ class AutoTrainOnce:
             "last": dict(self.last),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; call before the first :meth:`step` of the resumed run."""
+    def load_state_dict(self, state: dict[str, Any], optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Restore :meth:`state_dict`; call before the first :meth:`step` of the resumed run.
+
+        A state written after the cut cuts the model in place again, before its weights are loaded: load this
+        first, then ``model.load_state_dict(...)``; pass the ``optimizer`` already built over the dense model
+        (it is moved onto the compact parameters) or build the optimizer afterwards.
+        """
         if state.get("version") != 1:
             raise ConfigError(f"unknown AutoTrainOnce state version {state.get('version')!r}")
         if state["total_steps"] != self.schedule.total_steps:
@@ -538,7 +614,7 @@ class AutoTrainOnce:
         self.last = {str(k): float(v) for k, v in state["last"].items()}
         if state.get("cut") and not self.cut:
             # Rebuild the compact architecture; its weights come from the caller's model checkpoint.
-            self._cut(None, check=False)
+            self._cut(optimizer, check=False)
         if self.holdout is not None:
             self.holdout.resume(int(state["holdout_drawn"]))
             _seek_holdout(self.holdout, int(state["holdout_drawn"]))

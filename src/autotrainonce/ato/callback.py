@@ -35,6 +35,7 @@ class AtoCallback(Callback):
 
     def __init__(self, pruner: AutoTrainOnce) -> None:
         self.pruner = pruner
+        pruner.owner_rebuilds_wrappers = True  # the Trainer rebuilds its DDP wrapper after the cut
         self._warned_step = False
 
     @property
@@ -63,8 +64,9 @@ class AtoCallback(Callback):
         if p.frozen and not was_frozen and _is_main(trainer):
             self.write_mask(getattr(trainer, "run_dir", None))
         if cut:
-            # The optimizer was moved onto the compact parameters in place; keep it and the LR schedule. Every
-            # rank cuts at this same step with the same (broadcast) mask; the Trainer rebuilds its DDP wrapper.
+            # The model was cut in place and the optimizer's state sliced; keep both and the LR schedule. Every
+            # rank cuts at this same step with the same (broadcast) mask; the Trainer rebuilds its DDP wrapper
+            # (and takes the copy when an in-place cut was impossible).
             trainer.replace_model(p.model, optimizer=trainer.optimizer, scheduler=getattr(trainer, "scheduler", None))
             p.model = trainer.model
             r = p.cut_report
@@ -79,7 +81,7 @@ class AtoCallback(Callback):
         # written after the cut, the pruner rebuilt the compact architecture; train it with a fresh optimizer
         # (same hyper-parameters) whose state then comes from the checkpoint.
         p = self.pruner
-        if p.cut and trainer.model is not p.model:
+        if p.cut:  # the trainer's optimizer holds the dense parameters; a fresh one takes the checkpoint's state
             trainer.replace_model(p.model)
             p.model = trainer.model
 

@@ -9,6 +9,7 @@ Public contract (other layers and external tools rely on these names)::
     space.soft_flops(masks) / soft_params(masks) -> Tensor   # differentiable in float masks
     with space.masked(model, masks): ...      # gates on; removed on exit
     compact = space.prune(model, masks)       # new, physically smaller nn.Module
+    space.prune_(model, masks, optimizer=opt) # the same model object, cut in place (optimizer state sliced)
 
 ``masks`` is a list aligned with ``space.groups``: one bool (or float) tensor of shape ``(group.size,)`` per
 group, or None for "keep all". Unprunable groups must be None or all-kept.

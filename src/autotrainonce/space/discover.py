@@ -15,6 +15,7 @@ from ..errors import ExampleInputError, TraceError
 from ..graph.tracing import SHAPE, annotate_shapes, as_input_tuple, trace
 from .fallback import discover_by_parts
 from .groups import ChannelGroup, GatePoint, Member
+from .model_checks import check_model
 from .propagate import ATOMS, Propagation, op_label
 from .pruning_space import ParamDim, PruningSpace
 from .rules import Rule, apply_rule
@@ -36,6 +37,7 @@ def discover(
     maximal submodule that traces on its own gets its inner channels analysed, everything crossing the
     untraceable code is kept, and the cost stays exact. A warning says so.
     """
+    check_model(model, "discover")
     try:
         inputs = as_input_tuple(example_inputs)
     except TypeError as e:

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..errors import SurgeryError
 
-__all__ = ["retarget_optimizer"]
+__all__ = ["retarget_optimizer", "remap_optimizer_", "check_sliceable"]
 
 Keep = dict[tuple[str, str], dict[int, torch.Tensor]]
 
@@ -39,24 +39,18 @@ def retarget_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module, compa
         path, _, name = qual.rpartition(".")
         mapping[id(p)] = (compact_params[qual], keep.get((path, name), {}))
 
-    # check everything before changing anything, so a refusal leaves the optimizer as it was
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            if id(p) not in mapping or not mapping[id(p)][1]:
-                continue
-            for key, value in optimizer.state.get(p, {}).items():
-                if isinstance(value, torch.Tensor) and value.shape != p.shape and value.dim() > 0:
-                    raise SurgeryError(
-                        f"cannot slice state {key!r} of {type(optimizer).__name__} (shape {tuple(value.shape)} for a "
-                        f"parameter of shape {tuple(p.shape)}); prune without optimizer= and build a new "
-                        f"{type(optimizer).__name__} for the compact model"
-                    )
-                if not isinstance(value, (torch.Tensor, int, float, bool)) and value is not None:
-                    raise SurgeryError(
-                        f"cannot slice state {key!r} ({type(value).__name__}) of {type(optimizer).__name__}; "
-                        "prune without optimizer= and build a new optimizer for the compact model"
-                    )
+    remap_optimizer_(optimizer, mapping)
 
+
+def remap_optimizer_(
+    optimizer: torch.optim.Optimizer, mapping: dict[int, tuple[torch.Tensor, dict[int, torch.Tensor]]]
+) -> None:
+    """Replace, in place, each parameter ``p`` of ``optimizer`` with ``mapping[id(p)] = (new, {dim: kept})``,
+    its state re-keyed to ``new`` and sliced along the cut dims. Parameters not in ``mapping`` keep theirs.
+
+    Everything is checked before anything changes, so a refusal leaves the optimizer as it was.
+    """
+    check_sliceable(optimizer, {pid: cut for pid, (_, cut) in mapping.items()})
     new_state: dict[Any, Any] = {}
     for group in optimizer.param_groups:
         new_params = []
@@ -80,3 +74,29 @@ def retarget_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module, compa
         group["params"] = new_params
     optimizer.state.clear()
     optimizer.state.update(new_state)
+
+
+def _params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def check_sliceable(optimizer: torch.optim.Optimizer, cuts: dict[int, dict[int, torch.Tensor]]) -> None:
+    """Raise SurgeryError if the state of a parameter about to be cut cannot be sliced along its cut dims.
+
+    ``cuts[id(param)] = {dim: kept positions}``; parameters without cut dims are not checked.
+    """
+    for p in _params(optimizer):
+        if not cuts.get(id(p)):
+            continue
+        for key, value in optimizer.state.get(p, {}).items():
+            if isinstance(value, torch.Tensor) and value.shape != p.shape and value.dim() > 0:
+                raise SurgeryError(
+                    f"cannot slice state {key!r} of {type(optimizer).__name__} (shape {tuple(value.shape)} for a "
+                    f"parameter of shape {tuple(p.shape)}); prune without optimizer= and build a new "
+                    f"{type(optimizer).__name__} for the compact model"
+                )
+            if not isinstance(value, (torch.Tensor, int, float, bool)) and value is not None:
+                raise SurgeryError(
+                    f"cannot slice state {key!r} ({type(value).__name__}) of {type(optimizer).__name__}; "
+                    "prune without optimizer= and build a new optimizer for the compact model"
+                )

@@ -221,6 +221,29 @@ class PruningSpace:
 
         return prune_model(self, model, self._check(masks), check=check, optimizer=optimizer)
 
+    def prune_(
+        self,
+        model: nn.Module,
+        masks: Masks,
+        *,
+        check: bool = True,
+        optimizer: torch.optim.Optimizer | None = None,
+        report: dict[str, float] | None = None,
+    ) -> nn.Module:
+        """Cut ``model`` itself to the masked channels and return it (the in-place twin of :meth:`prune`).
+
+        The same module objects stay; shrunk parameters become new, smaller ``nn.Parameter`` objects on them and
+        the module attributes (``out_channels``, ``num_features``, ...) follow, so every reference to the model
+        or its submodules stays valid. With ``optimizer``, that optimizer is moved onto the new parameters in
+        place, its state (momentum, Adam moments) sliced. ``check`` compares the outputs before (masked) and after
+        the cut on the example inputs. Refusals (a layer emptied, optimizer state that cannot be sliced, a
+        parametrized module) raise before anything changes. This space keeps describing the *uncut* model.
+        ``report`` (a dict), if given, receives ``max_abs_diff`` and ``output_scale`` of the check.
+        """
+        from .surgery import prune_model_
+
+        return prune_model_(self, model, self._check(masks), check=check, optimizer=optimizer, report=report)
+
     # -- inspection ----------------------------------------------------------------------------------------
     def summary(self) -> str:
         """A table of the groups: name, size, prunable, share of MACs."""

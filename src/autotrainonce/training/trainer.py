@@ -173,6 +173,9 @@ class Trainer:
             return
         from torch.nn.parallel import DistributedDataParallel
 
+        # Drop the old wrapper first: its reducer's autograd hooks sit on the same parameter objects (an in-place
+        # cut keeps them) and are removed when it is destroyed.
+        self._ddp = None
         ids = [self.device.index] if self.device.type == "cuda" else None
         self._ddp = DistributedDataParallel(self.model, device_ids=ids)
 

@@ -7,7 +7,8 @@
 
 Every model is ``torch.fx``-traceable, has ``forward_features(x)`` (the last feature map) and ``forward_head(x)``
 (pool, flatten, classifier), with ``forward(x) == forward_head(forward_features(x))``, and accepts any
-``in_channels`` and ``num_classes``. See docs/models.md for the table of models.
+``in_channels`` and ``num_classes``. See docs/models.md for the table of models. :func:`build` also takes a model of
+your own as ``"module:attr"`` (see :mod:`autotrainonce.models.custom`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from typing import Any
 
 import torch.nn as nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, UnknownNameError
 from ._common import MODELS, ConvBNAct, count_params, init_weights
+from .custom import EXAMPLE, build_custom, is_custom_name, short_name
 
 # Importing the family modules registers their models in MODELS.
 from .mobilenetv2 import InvertedResidual, MobileNetV2
@@ -28,7 +30,10 @@ from .vgg import VGG
 
 __all__ = [
     "MODELS",
+    "build",
     "create",
+    "is_custom_name",
+    "short_name",
     "list_models",
     "count_params",
     "init_weights",
@@ -63,6 +68,29 @@ def create(name: str, num_classes: int = 10, in_channels: int = 3, **kwargs: Any
         options = ", ".join(p for p in params if p not in ("num_classes", "in_channels")) or "none"
         raise ConfigError(f"model {name!r} has no option {', '.join(unknown)}; its options are: {options}")
     return MODELS.create(name, num_classes=num_classes, in_channels=in_channels, **kwargs)
+
+
+def build(name: str, num_classes: int | None = 10, in_channels: int | None = 3, **kwargs: Any) -> nn.Module:
+    """Build a zoo model (:func:`create`) or, for ``"module:attr"``, a model of your own (``build_custom``).
+
+    This is what ``ato train``, ``ato eval`` and ``ato info`` call. A name that is neither raises
+    UnknownNameError listing the zoo and showing the ``module:attr`` form.
+    """
+    if is_custom_name(name):
+        if num_classes is not None and num_classes < 1:
+            raise ConfigError(f"num_classes must be at least 1, got {num_classes}")
+        if in_channels is not None and in_channels < 1:
+            raise ConfigError(f"in_channels must be at least 1, got {in_channels}")
+        return build_custom(name, num_classes=num_classes, in_channels=in_channels, **kwargs)
+    if name not in MODELS:
+        module, _, attr = name.rpartition(".")
+        # "mypkg.nets.MyNet" is the most likely slip: Python's dotted path instead of module:attr.
+        hint = f" (did you mean '{module}:{attr}'?)" if module and attr else ""
+        raise UnknownNameError(
+            f"unknown model {name!r}{hint}; choose one of: {', '.join(MODELS.names())}; or name a model of "
+            f"your own as module:attr, e.g. {EXAMPLE} (imported from the current folder or PYTHONPATH)"
+        )
+    return create(name, num_classes=num_classes, in_channels=in_channels, **kwargs)  # type: ignore[arg-type]
 
 
 def list_models(pattern: str = "*") -> list[str]:

@@ -5,6 +5,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist
+# The torch the project is developed and tested with, installed on its own first. pyproject.toml allows a range
+# (the releases that pass the tests, see bench/torch_versions.sh); with nothing installed, pip would take the
+# newest release in it, a multi-GB CUDA build. This exact release comes as a CPU build from the machine's disk,
+# and the package install after it finds torch already satisfied.
+TORCH := torch==2.13.0
 
 .PHONY: demo test setup data lint clean
 
@@ -12,6 +17,7 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check '$(TORCH)'
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,onnx,bench]'
 	touch $@
 
@@ -27,7 +33,9 @@ data:
 demo: setup data
 	$(VENV)/bin/ato demo
 
+# lint-imports first: the layer contracts of .importlinter (docs/architecture.md); an upward import or a cycle fails
 test: setup data
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q -n 2 --durations=15
 
 lint: setup

@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -29,7 +30,6 @@ from _peers import (
     relative_change,
 )
 from torch import nn
-from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
 from autotrainonce import data, discover, models
@@ -50,8 +50,6 @@ __all__ = [
     "safe_run_cell",
     "warm_up",
     "worker_init",
-    "l1_scores",
-    "greedy_masks",
     "kept_widths",
     "window_steps",
 ]
@@ -99,64 +97,6 @@ def window_steps(window: tuple[float, float], total_steps: int, steps: int) -> l
     return sorted({round(start + (end - start) * k / (steps - 1)) for k in range(steps)})
 
 
-def l1_scores(space: PruningSpace, model: nn.Module) -> dict[int, torch.Tensor]:
-    """Per prunable group: the L1 norm of each channel's producing weights, divided by the group's mean.
-
-    Producing weights are the group's ``role == "out"`` parameter members (conv filters, linear rows); the
-    division by the group mean makes layers of different fan-in comparable in one global ranking.
-    """
-    scores: dict[int, torch.Tensor] = {}
-    for gi in space.prunable_indices:
-        g = space.groups[gi]
-        members = [m for m in g.members if m.kind == "param" and m.role == "out"] or g.param_members()
-        total = torch.zeros(g.size, dtype=torch.float64)
-        for m in members:
-            w = getattr(model.get_submodule(m.module), m.name).detach().abs().double().cpu()
-            per_position = w.movedim(m.dim, 0).reshape(w.shape[m.dim], -1).sum(dim=1)
-            total.index_add_(0, m.channel, per_position[m.index])
-        mean = float(total.mean())
-        scores[gi] = total / mean if mean > 0 else torch.ones(g.size, dtype=torch.float64)
-    return scores
-
-
-def greedy_masks(
-    space: PruningSpace, scores: dict[int, torch.Tensor], remove: float, min_channels: int = 1
-) -> list[torch.Tensor | None]:
-    """Masks dropping the lowest-scored channels, globally, until at least ``remove`` of the MACs are gone.
-
-    Channels are dropped in ascending score order (each group keeps its ``min_channels`` best); the number
-    dropped is the smallest whose exact cost (``space.flops``) meets the target, found by bisection since
-    dropping more never adds MACs. When even dropping every allowed channel misses the target, that is used.
-    """
-    order: list[tuple[float, int, int]] = []
-    for gi, s in scores.items():
-        ranked = torch.argsort(s, descending=True)
-        for c in ranked[min_channels:].tolist():
-            order.append((float(s[c]), gi, c))
-    order.sort()
-    dense = space.flops(None)
-    goal = (1.0 - remove) * dense
-
-    def masks_for(k: int) -> list[torch.Tensor | None]:
-        masks: list[torch.Tensor | None] = space.full_masks()
-        for _, gi, c in order[:k]:
-            if masks[gi] is None:
-                masks[gi] = torch.ones(space.groups[gi].size, dtype=torch.bool)
-            masks[gi][c] = False  # type: ignore[index]
-        return masks
-
-    lo, hi = 0, len(order)  # flops(masks_for(hi)) is the least reachable
-    if space.flops(masks_for(hi)) > goal:
-        return masks_for(hi)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if space.flops(masks_for(mid)) <= goal:
-            hi = mid
-        else:
-            lo = mid + 1
-    return masks_for(lo)
-
-
 def kept_widths(dense: nn.Module, compact: nn.Module) -> dict[str, float]:
     """Kept fraction of output channels of every conv of ``dense`` (by module name) in ``compact``."""
     out: dict[str, float] = {}
@@ -190,58 +130,24 @@ def _loader(ds: Any, batch_size: int, device: torch.device, train: bool) -> Data
 
 
 # ------------------------------------------------------------------------------------------------ our methods
-class L1OneShotCallback(Callback):
-    """Prune once, at ``at_step``, by the L1 norm of the filters, to the MACs target; then train on."""
+class _CutProbe:
+    """Measures how much a pruner's decisive method (ATO's ``freeze``: hard zeroing and, with surgery="freeze",
+    the cut; the magnitude methods' ``_cut``) changes the outputs on the probe batch, the first time it runs."""
 
-    def __init__(self, target: float, at_step: int, example: torch.Tensor, probe: torch.Tensor) -> None:
-        self.target = float(target)
-        self.at_step = int(at_step)
-        self.example = example
-        self.probe = probe
-        self.cut_change = math.nan
-        self.removed = math.nan
-
-    @property
-    def state_key(self) -> str:
-        return "l1_oneshot"
-
-    def on_after_optimizer_step(self, trainer: Any, optimizer: Optimizer) -> None:
-        if int(trainer.global_step) != self.at_step:
-            return
-        model = trainer.model
-        device = next(model.parameters()).device
-        training = model.training
-        model.eval()
-        try:
-            space = discover(model, self.example.to(device))
-        finally:
-            model.train(training)
-        masks = greedy_masks(space, l1_scores(space, model), self.target)
-        self.removed = 1.0 - space.flops(masks) / space.flops(None)
-        before = probe_outputs(model, self.probe)
-        compact = space.prune(model, masks, check=False, optimizer=trainer.optimizer)
-        self.cut_change = relative_change(before, probe_outputs(compact, self.probe))
-        # the optimizer was moved onto the compact parameters (momentum sliced); keep it and the LR schedule
-        trainer.replace_model(compact, optimizer=trainer.optimizer, scheduler=trainer.scheduler)
-
-
-class _AtoCutProbe:
-    """Measures how much ATO's freeze (hard zeroing, and the cut with surgery="freeze") changes the outputs."""
-
-    def __init__(self, pruner: Any, probe: torch.Tensor) -> None:
-        self.pruner = pruner
+    def __init__(self, pruner: Any, probe: torch.Tensor, method: str = "freeze") -> None:
         self.probe = probe
         self.change = math.nan
-        original = pruner.freeze
+        original = getattr(pruner, method)
 
-        def freeze(optimizer: Optimizer | None = None) -> None:
-            if pruner.frozen:
-                return original(optimizer)
+        def observed(*args: Any, **kwargs: Any) -> Any:
+            if not math.isnan(self.change) or getattr(pruner, "frozen", False):
+                return original(*args, **kwargs)
             before = probe_outputs(pruner.model, probe)
-            original(optimizer)
+            out = original(*args, **kwargs)
             self.change = relative_change(before, probe_outputs(pruner.model, probe))
+            return out
 
-        pruner.freeze = freeze  # instance attribute: only this pruner is observed
+        setattr(pruner, method, observed)  # instance attribute: only this pruner is observed
 
 
 @dataclass
@@ -262,10 +168,10 @@ def _setup(spec: CellSpec, cfg: Config, model: nn.Module, example: torch.Tensor,
     if method == "dense":
         return _Method([], lambda t: t.model, lambda: [], lambda: "")
     if method in ("ato", "ato-freeze"):
-        from autotrainonce.ato import make_callback
+        from autotrainonce.pruners import make_callback
 
         cb = make_callback(cfg.prune, model, example, holdout, total_steps)
-        cut_probe = _AtoCutProbe(cb.pruner, probe)
+        cut_probe = _CutProbe(cb.pruner, probe)
         state: dict[str, float] = {}
 
         def finish(trainer: Trainer) -> nn.Module:
@@ -282,11 +188,20 @@ def _setup(spec: CellSpec, cfg: Config, model: nn.Module, example: torch.Tensor,
             lambda: [c for c in (cut_probe.change, state.get("export", math.nan)) if not math.isnan(c)],
             lambda: f"surgery={options.get('surgery', 'end')}, hyper_step={options.get('hyper_step', 20)}",
         )  # fmt: skip
-    if method == "l1-oneshot":
+    if method == "l1-oneshot":  # the library's registered "l1" method, through the same factory as `ato train`
+        from autotrainonce.pruners import make_callback
+
         at = window_steps(spec.window, total_steps, 1)[0]
-        l1 = L1OneShotCallback(float(spec.target), at, example, probe)
-        return _Method([l1], lambda t: t.model, lambda: [l1.cut_change],
-                       lambda: f"one shot at step {at} ({100 * l1.removed:.1f}% MACs by the exact cost)")  # fmt: skip
+        l1_cfg = SimpleNamespace(method="l1", remove_flops=float(spec.target), remove_params=None, options={"at": at})
+        l1 = make_callback(l1_cfg, model, example, None, total_steps)
+        l1_probe = _CutProbe(l1.pruner, probe, "_cut")
+
+        def l1_removed() -> float:
+            r = l1.pruner.cut_report
+            return 1.0 - r["macs_after"] / r["macs_before"] if r else math.nan
+
+        return _Method([l1], lambda t: l1.export(), lambda: [l1_probe.change],
+                       lambda: f"one shot at step {at} ({100 * l1_removed():.1f}% MACs by the exact cost)")  # fmt: skip
     space = discover(copy.deepcopy(model).eval(), example)
     unprunable = _unprunable_modules(space)
     if method == "torch-pruning":

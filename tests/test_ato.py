@@ -15,8 +15,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ato_nets import EX, Net, digits, digits_train_loader, interrupt_at_epoch
-from autotrainonce.ato import AutoTrainOnce, Flops, Params, make_callback
-from autotrainonce.errors import CheckpointError, ConfigError, TargetError
+from autotrainonce.ato import AutoTrainOnce, Flops, Params
+from autotrainonce.errors import CheckpointError, ConfigError, TargetError, UserError
+from autotrainonce.pruners import make_callback
 
 
 class WithFixedPath(nn.Module):
@@ -296,11 +297,11 @@ def test_trainer_resume_mid_search_gives_the_same_run(tmp_path):
     [
         (dict(remove_flops=None, remove_params=None), "exactly one target"),
         (dict(remove_flops=0.5, remove_params=0.5), "exactly one target"),
-        (dict(remove_flops=0.5, remove_params=None, method="l1"), "'ato' method"),
+        (dict(remove_flops=0.5, remove_params=None, method="l2"), "unknown pruning method 'l2'"),
         (dict(remove_flops=0.5, remove_params=None, options={"nope": 1}), "unknown AutoTrainOnce option"),
     ],
 )
 def test_make_callback_rejects_bad_configs(cfg, match):
     full = dict(method="ato", options={}) | cfg
-    with pytest.raises(ConfigError, match=match):
+    with pytest.raises(UserError, match=match):  # ConfigError, UnknownNameError
         make_callback(SimpleNamespace(**full), Net(8), EX, None, total_steps=10)

@@ -7,16 +7,15 @@ import json
 import re
 import subprocess
 import sys
-import types
 
 import pytest
 import torch
 import yaml
 
-from autotrainonce import cli, data, export
+from autotrainonce import cli, data, export, pruners
 from autotrainonce.errors import DatasetError
 from autotrainonce.measure import count_params
-from autotrainonce.training import Callback, load_checkpoint, read_metrics
+from autotrainonce.training import load_checkpoint, read_metrics
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -148,39 +147,47 @@ def test_eval_corrupt_checkpoint(capsys, tmp_path):
     _assert_one_line_error(code, err, "corrupt")
 
 
-def test_prune_ato_unavailable(capsys, tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "autotrainonce.ato", types.ModuleType("autotrainonce.ato"))
+def test_unknown_prune_method_lists_the_registered_ones(capsys, tmp_path):
     code, _, err = run(
-        capsys, *DIGITS_RUN, "--out-dir", str(tmp_path), "--prune", "ato", "--remove-flops", "0.5"
+        capsys, *DIGITS_RUN, "--out-dir", str(tmp_path), "--prune", "l2", "--remove-flops", "0.5"
     )
-    _assert_one_line_error(code, err, "pruning method 'ato' is not available in this build")
+    _assert_one_line_error(code, err, "'prune.method' must be one of none, ato, l1, magnitude, got 'l2'")
 
 
 def test_prune_hook_gets_holdout_and_exports(capsys, tmp_path, monkeypatch):
     seen = {}
 
-    class FakePruner(Callback):
-        def __init__(self, model):
-            self.model = model
+    class FakePruner(pruners.Pruner):
+        """A registered method that keeps everything (the run must still report and export)."""
+
+        name = "fake"
+
+        def __init__(self, model, example_inputs, target, holdout, *, total_steps):
+            seen.update(target=target, shape=tuple(example_inputs.shape), total=total_steps,
+                        holdout=len(holdout.dataset))  # fmt: skip
+            self.model, self.cut_report = model, {}
+
+        def step(self, optimizer, batch=None):
+            self.global_step += 1
+            return False
 
         def export(self):
             return copy.deepcopy(self.model)
 
-    def make_callback(config, model, example_inputs, holdout_loader, total_steps):
-        seen.update(config=config, shape=tuple(example_inputs.shape), total=total_steps,
-                    holdout=len(holdout_loader.dataset))  # fmt: skip
-        return FakePruner(model)
+        def state_dict(self):
+            return {}
 
-    fake = types.ModuleType("autotrainonce.ato")
-    fake.make_callback = make_callback
-    monkeypatch.setitem(sys.modules, "autotrainonce.ato", fake)
+        def load_state_dict(self, state, optimizer=None):
+            pass
+
+    monkeypatch.setitem(pruners.PRUNERS._builders, "fake", FakePruner)
     monkeypatch.setattr(export, "onnx_available", lambda: False)  # ONNX has its own tests; keep this fast
     code, out, err = run(
-        capsys, *DIGITS_RUN, "--out-dir", str(tmp_path), "--name", "p", "--prune", "ato",
+        capsys, *DIGITS_RUN, "--out-dir", str(tmp_path), "--name", "p", "--prune", "fake",
         "--remove-flops", "0.4",
     )
     assert code == 0, err
-    assert seen["config"].remove_flops == 0.4 and seen["shape"] == (1, 1, 8, 8) and seen["total"] == 6
+    assert seen["target"].remove == 0.4 and seen["shape"] == (1, 1, 8, 8) and seen["total"] == 6
     assert seen["holdout"] == round(0.05 * 128)
     # The before/after table ends the output: the fake pruner's "compact" model is the dense one.
     table = out[out.index("Results: before / after pruning") :]
@@ -261,3 +268,19 @@ def test_train_ato_surgery_freeze_reports_no_dense_accuracy(capsys, tmp_path, mo
     assert 0.45 < 1 - results["change"]["macs_ratio"] < 0.55
     assert results["dense"]["latency_b1_ms"] > 0  # timed on the dense architecture
     assert "n/a (cut during training)" in out
+
+
+@pytest.mark.parametrize("method", ["l1", "magnitude"])
+def test_train_with_a_library_baseline_method(capsys, tmp_path, monkeypatch, method):
+    monkeypatch.setattr(export, "onnx_available", lambda: False)
+    code, out, err = run(
+        capsys, *DIGITS_RUN, "--out-dir", str(tmp_path), "--name", method, "--prune", method,
+        "--remove-flops", "0.5",
+    )  # fmt: skip
+    assert code == 0, err
+    results = json.loads((tmp_path / method / "results.json").read_text())
+    removed = 1 - results["compact"]["macs"] / results["dense"]["macs"]
+    assert 0.5 <= removed <= 0.53
+    mask = json.loads((tmp_path / method / "mask.json").read_text())
+    assert mask["method"] == method and mask["cut"]
+    assert (tmp_path / method / "widths.png").is_file()

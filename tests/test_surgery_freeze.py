@@ -14,9 +14,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ato_nets import EX, Net, digits, digits_train_loader, interrupt_at_epoch
 from autotrainonce.ato import AutoTrainOnce, Flops
-from autotrainonce.ato.callback import AtoCallback
 from autotrainonce.errors import ConfigError, SurgeryError
 from autotrainonce.models import count_params
+from autotrainonce.pruners import PrunerCallback
 
 OPTS = dict(controller_start=3, hyper_step=2, proximal_start=6, lambda_switch=24, freeze_at=30,
             mask_interval=5, controller_lr=1e-2)  # fmt: skip
@@ -100,7 +100,7 @@ def _trainer_run(run_dir, surgery="freeze", stop_at_epoch=None, resume=None, cha
     total = epochs * len(train)  # 40 steps, freeze at step 16 (epoch 2)
     pruner = AutoTrainOnce(model, EX, Flops(0.4), holdout=_holdout(), total_steps=total, surgery=surgery,
                            hyper_step=2, controller_lr=1e-2, lambda_switch=0.35, freeze_at=0.4)  # fmt: skip
-    cb = AtoCallback(pruner)
+    cb = PrunerCallback(pruner)
     extra = interrupt_at_epoch(stop_at_epoch)
     trainer = Trainer(model, train, None, epochs=epochs, callbacks=[cb, *extra], run_dir=run_dir, device="cpu",
                       progress=False, channels_last=channels_last)  # fmt: skip
@@ -110,7 +110,7 @@ def _trainer_run(run_dir, surgery="freeze", stop_at_epoch=None, resume=None, cha
 
 
 def test_trainer_cuts_and_keeps_optimizer_and_schedule(tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="autotrainonce.ato.callback"):
+    with caplog.at_level(logging.INFO, logger="autotrainonce.pruners.callback"):
         trainer, cb = _trainer_run(tmp_path / "a")
     p = cb.pruner
     assert p.cut and trainer.model is p.model

@@ -1,4 +1,4 @@
-"""ato/plots.py: the widths chart keeps its title inside the figure and leaves matplotlib's backend alone."""
+"""viz/widths.py: the widths chart keeps its title inside the figure and leaves matplotlib's backend alone."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import matplotlib
 import pytest
 from PIL import Image
 
-from autotrainonce.ato.plots import plot_widths
+from autotrainonce.viz import plot_widths
 
 
 def _summary(n: int) -> dict:

@@ -213,6 +213,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _info_kwargs(items: Sequence[str] | None) -> dict[str, Any]:
+    """The model's constructor options from ``ato info --set model.kwargs.KEY=VALUE`` (checked like train's)."""
+    overrides = _parse_set(items)
+    other = sorted(k for k in overrides if k != "model.kwargs" and not k.startswith("model.kwargs."))
+    if other:
+        raise ConfigError(
+            f"ato info --set takes model options only (model.kwargs.KEY=VALUE), got {', '.join(other)}"
+        )
+    return merge_overrides(Config(), overrides).model.kwargs
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     import torch
 
@@ -220,7 +231,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .measure import count_macs, count_params, format_count
 
     c, h, w = parse_input_shape(args.input)
-    model = models.create(args.model, num_classes=args.num_classes, in_channels=c)
+    model = models.build(args.model, num_classes=args.num_classes, in_channels=c, **_info_kwargs(args.set))
     example = torch.zeros(1, c, h, w)
     try:
         macs = count_macs(model, example)
@@ -251,21 +262,20 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _compact_architecture(model: Any, cfg: Config, ato_state: dict[str, Any], example: Any) -> Any:
-    """The compact model that an ATO run cut from ``model`` (its weights are left to the checkpoint).
+def _compact_architecture(model: Any, cfg: Config, state: dict[str, Any], example: Any) -> Any:
+    """The compact model that a pruning run cut from ``model`` (its weights are left to the checkpoint).
 
-    The pruner is rebuilt the way ``ato train`` built it and given the saved state, which holds the frozen
-    mask; loading that state performs the same cut.
+    The pruner is rebuilt the way ``ato train`` built it and given the saved state, which holds the final
+    mask; loading that state performs the same cut, in place.
     """
-    from .training.run import _pruner_factory
+    from .pruners import make_callback
 
-    make_callback = _pruner_factory(cfg.prune.method)
-    callback = make_callback(cfg.prune, model, example, None, int(ato_state.get("total_steps") or 1))
+    callback = make_callback(cfg.prune, model, example, None, int(state.get("total_steps") or 1))
     try:
-        callback.load_state_dict(ato_state)
+        callback.load_state_dict(state)
     except (KeyError, TypeError, ValueError) as exc:  # a damaged state dict: say so instead of a traceback
         reason = f"{type(exc).__name__}: {exc}"
-        raise CheckpointError(f"the checkpoint's ATO state cannot be read ({reason})") from None
+        raise CheckpointError(f"the checkpoint's {cfg.prune.method} state cannot be read ({reason})") from None
     return callback.pruner.model
 
 
@@ -307,11 +317,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     ch = cfg.model.in_channels if cfg.model.in_channels not in (None, info.in_channels) else None
     transform = data.build_transform(info, False, image_size=cfg.data.image_size, in_channels=ch)
     test = data.create(cfg.data.name, "test", root=cfg.data.root, transform=transform, **cfg.data.options)
-    model = models.create(
+    model = models.build(  # a module:attr model is imported and built again, as `ato train` did
         cfg.model.name, num_classes=cfg.model.num_classes or info.num_classes,
         in_channels=cfg.model.in_channels or info.in_channels, **cfg.model.kwargs,
     )  # fmt: skip
-    ato_state = (ckpt.get("callbacks") or {}).get("ato")
+    ato_state = (ckpt.get("callbacks") or {}).get(cfg.prune.method)
     if isinstance(ato_state, dict) and ato_state.get("cut"):
         # Saved after an ATO cut (surgery=freeze): the weights are the compact model's.
         model = _compact_architecture(model, cfg, ato_state, test[0][0].unsqueeze(0))
@@ -354,7 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="override any config key, e.g. --set optim.label_smoothing=0.1 (repeatable)",
     )
     g = train.add_argument_group("model and data")
-    g.add_argument("--model", help="model name, e.g. resnet20, resnet56, mobilenetv2_cifar")
+    g.add_argument(
+        "--model",
+        help="zoo name (e.g. resnet20, resnet56, mobilenetv2_cifar) or module:attr of your own nn.Module class "
+        "or model function, e.g. mypkg.nets:MyNet (its options: --set model.kwargs.NAME=VALUE)",
+    )
     g.add_argument("--num-classes", type=int, help="classifier outputs (default: from the dataset)")
     g.add_argument("--data", help="dataset: fashion-mnist, digits, cifar10, cifar100, imagefolder, synthetic")
     g.add_argument("--data-root", help="dataset folder (default: the dataset's usual place / ATO_DATA_ROOT)")
@@ -384,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-steps-per-epoch", type=int, metavar="N", help="cut epochs short (smoke tests)")
     g.add_argument("--tensorboard", action="store_true", default=None, help="also log to TensorBoard")
     g = train.add_argument_group("pruning")
-    g.add_argument("--prune", metavar="none|ato", help="pruning method (default none)")
+    g.add_argument("--prune", metavar="METHOD", help="pruning method: none (default), ato, l1, magnitude")
     g.add_argument("--remove-flops", type=float, metavar="F", help="share of MACs to remove, e.g. 0.5")
     g.add_argument("--remove-params", type=float, metavar="F", help="share of parameters to remove")
     g.add_argument(
@@ -411,7 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser(
         "info", parents=[common], help="parameters, MACs and channel groups of a model"
     )
-    info.add_argument("--model", required=True)
+    info.add_argument("--model", required=True,
+                      help="zoo name, or module:attr of your own model, e.g. mypkg.nets:MyNet")
+    info.add_argument("--set", action="append", metavar="model.kwargs.KEY=VALUE",
+                      help="a constructor option of the model, e.g. --set model.kwargs.width=32 (repeatable)")
     info.add_argument("--input", default="3x32x32", help="input shape CxHxW (default 3x32x32)")
     info.add_argument("--num-classes", type=int, default=10)
     info.add_argument(

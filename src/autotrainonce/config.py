@@ -43,13 +43,14 @@ class ModelConfig:
     """Which network to build."""
 
     name: str = "resnet20"
-    """Registered model name (see ``autotrainonce.models.list_models()``)."""
+    """Zoo model name (see ``autotrainonce.models.list_models()``), or ``module:attr`` of your own ``nn.Module``
+    class or model function, e.g. ``mypkg.nets:MyNet`` (imported from the current folder or PYTHONPATH)."""
     num_classes: int | None = None
     """Output classes; None takes the dataset's number of classes."""
     in_channels: int | None = None
     """Input channels; None takes ``data.in_channels`` or else the dataset's channels."""
     kwargs: dict[str, Any] = field(default_factory=dict)
-    """Extra keyword arguments for the model builder, e.g. ``{cifar_stem: true}``."""
+    """Extra keyword arguments for the model builder, e.g. ``{cifar_stem: true}``, or your model's constructor."""
 
 
 @dataclass
@@ -148,8 +149,9 @@ class RunConfig:
 class PruneConfig:
     """Structured pruning during training; passed as is to the pruning algorithm."""
 
-    method: Literal["none", "ato"] = "none"
-    """none trains the dense network; ato prunes it while training (Auto-Train-Once)."""
+    method: str = "none"
+    """none trains the dense network; a registered pruning method prunes it while training: ato (Auto-Train-Once),
+    l1 (one-shot L1 cut), magnitude (progressive), or one of yours (autotrainonce.pruners.register)."""
     remove_flops: float | None = None
     """Target share of MACs to remove, in (0, 1); None for no MACs target."""
     remove_params: float | None = None
@@ -445,6 +447,10 @@ def _check_ranges(cfg: Config) -> None:
     for key in ("remove_flops", "remove_params"):
         value = getattr(p, key)
         need(value is None or 0.0 < value < 1.0, f"prune.{key}", "in (0, 1) or null", value)
+    from .pruners import available
+
+    methods = ["none", *available()]
+    need(p.method.lower() in methods, "prune.method", f"one of {', '.join(methods)}", p.method)
 
 
 def _checked_prune_options(prune: PruneConfig) -> dict[str, Any]:

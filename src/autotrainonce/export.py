@@ -14,8 +14,14 @@
 
 Security: ``compact.pt`` is a pickle. Unpickling it (``torch.load(..., weights_only=False)``) runs whatever
 code the file names, so load it only from runs you trust (your own). :func:`load_compact` never unpickles: it
-reads the JSON description and the safetensors weights and only builds ``torch.nn`` layers and zoo models, so
-it is the loader for files of unknown origin.
+reads the JSON description and the safetensors weights and only builds registered layers and zoo models, so
+it is the loader for files of unknown origin. A layer of the user's own is rebuilt only when its class is
+registered with a rebuild description (:func:`autotrainonce.space.register_op`) in the loading process, or
+passed in ``allowed_types``: the file names the class (``module:qualname``) but never makes the loader
+import anything.
+
+One module (about 500 lines) on purpose: the three artifacts share the atomic writer, and the description
+that :func:`save_compact` writes and :func:`load_compact` reads is one format best read in one place.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +42,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, ConfigError, DiskFullError, is_disk_full
+from .space.ops import MODULE_OPS
 
 __all__ = [
     "PT_FILE",
@@ -56,31 +63,6 @@ JSON_FILE = "compact.json"
 ONNX_FILE = "compact.onnx"
 FORMAT_VERSION = 1
 
-# Constructor arguments that fix a module's shape, per torch.nn type. "bias" is stored as a bool (present or
-# not); everything else is the attribute of the same name. Only plain torch.nn types are listed: they are what
-# surgery resizes, and they can be rebuilt by name from torch.nn alone.
-_CONV = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias",
-         "padding_mode")  # fmt: skip
-_CONVT = (*_CONV, "output_padding")
-_NORM = ("num_features", "eps", "momentum", "affine", "track_running_stats")
-REBUILD_ATTRS: dict[type[nn.Module], tuple[str, ...]] = {
-    nn.Conv1d: _CONV,
-    nn.Conv2d: _CONV,
-    nn.Conv3d: _CONV,
-    nn.ConvTranspose1d: _CONVT,
-    nn.ConvTranspose2d: _CONVT,
-    nn.ConvTranspose3d: _CONVT,
-    nn.Linear: ("in_features", "out_features", "bias"),
-    nn.BatchNorm1d: _NORM,
-    nn.BatchNorm2d: _NORM,
-    nn.BatchNorm3d: _NORM,
-    nn.SyncBatchNorm: _NORM,
-    nn.InstanceNorm1d: _NORM,
-    nn.InstanceNorm2d: _NORM,
-    nn.InstanceNorm3d: _NORM,
-    nn.GroupNorm: ("num_groups", "num_channels", "eps", "affine"),
-    nn.PReLU: ("num_parameters",),
-}
 # Top-level modules a pickled GraphModule may reference and still load with torch alone.
 _STANDALONE_ROOTS = {"torch", "builtins", "operator", "_operator", "math", "typing", "collections"}
 
@@ -170,22 +152,38 @@ def _save_pt(model: nn.Module, path: Path, name: str = PT_FILE) -> None:
 # compact.safetensors + compact.json
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_jsonable(v) for v in value]
-    return value
+def _jsonable(value: Any, what: str) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v, what) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(
+        f"{what} is a {type(value).__name__}, which compact.json cannot hold; rebuild= of register_op must name "
+        "constructor arguments stored as plain values (numbers, strings, bools, tuples, a tensor-or-None)"
+    )
+
+
+def type_name(cls: type) -> str:
+    """How ``compact.json`` names a module class: ``"Conv2d"`` for torch.nn layers, else ``"module:qualname"``."""
+    if getattr(nn, cls.__name__, None) is cls:
+        return cls.__name__
+    return f"{cls.__module__}:{cls.__qualname__}"
 
 
 def _module_spec(module: nn.Module) -> dict[str, Any] | None:
-    """``{"type": "Conv2d", "args": {...}}`` for a rebuildable torch.nn module, else None."""
-    attrs = REBUILD_ATTRS.get(type(module))
-    if attrs is None:
+    """``{"type": "Conv2d", "args": {...}}`` for a module whose class has a rebuild description, else None."""
+    spec = MODULE_OPS.get(type(module))  # the exact class: a subclass may take other constructor arguments
+    if spec is None or spec.rebuild is None:
         return None
+    slots = {**module._parameters, **module._buffers}
     args: dict[str, Any] = {}
-    for name in attrs:
+    for name in spec.rebuild:
         value = getattr(module, name)
-        args[name] = (value is not None) if name == "bias" else _jsonable(value)
-    return {"type": type(module).__name__, "args": args}
+        if isinstance(value, torch.Tensor) or (value is None and name in slots):
+            args[name] = value is not None  # a tensor argument (bias) is recorded as present or not
+        else:
+            args[name] = _jsonable(value, f"{type(module).__name__}.{name}")
+    return {"type": type_name(type(module)), "args": args}
 
 
 def _shapes(module: nn.Module) -> dict[str, list[int]]:
@@ -201,8 +199,9 @@ def describe_architecture(
     """Per module path, the spec of every module of ``compact`` whose width differs from ``reference``.
 
     Without a reference every rebuildable module is listed (rebuilding an unchanged module is harmless).
-    A module whose shapes changed but whose type is not in :data:`REBUILD_ATTRS` is listed with its type and
-    shapes only, and :func:`load_compact` refuses it.
+    Rebuildable means registered with a rebuild description (``register_op(cls, rebuild=...)``: torch.nn
+    layers are; a layer of your own can be). A module whose shapes changed but that has no rebuild
+    description is listed with its type and shapes only, and :func:`load_compact` refuses it.
     """
     ref_modules = dict(reference.named_modules()) if reference is not None else {}
     out: dict[str, dict[str, Any]] = {}
@@ -222,7 +221,7 @@ def describe_architecture(
             # cannot be known to have changed.
             if reference is None or not _shapes(module):
                 continue
-            spec = {"type": type(module).__name__, "shapes": _shapes(module)}
+            spec = {"type": type_name(type(module)), "shapes": _shapes(module)}
         out[path] = spec
     return out
 
@@ -400,27 +399,59 @@ def save_compact(
     return paths
 
 
-def _build_module(path: str, spec: Mapping[str, Any]) -> nn.Module:
-    cls = getattr(nn, str(spec.get("type")), None)
-    if cls not in REBUILD_ATTRS or "args" not in spec:
+def _rebuildable(name: str, allowed: tuple[type[nn.Module], ...]) -> type[nn.Module] | None:
+    """The class that ``compact.json`` calls ``name``: one registered with a rebuild description in this
+    process, or one the caller allowed. Nothing is imported: the file only picks among classes already here."""
+    found = None
+    for cls in (*[c for c, s in MODULE_OPS.items() if s.rebuild is not None], *allowed):
+        if type_name(cls) == name:
+            found = cls  # the latest registration wins (a class redefined in a notebook has a new object)
+    return found
+
+
+def _build_module(path: str, spec: Mapping[str, Any], allowed: tuple[type[nn.Module], ...] = ()) -> nn.Module:
+    name = str(spec.get("type"))
+    if not isinstance(spec.get("args"), Mapping):
         raise CheckpointError(
-            f"compact.json lists module {path!r} of type {spec.get('type')!r}, which load_compact cannot "
-            "rebuild; load compact.pt instead"
+            f"compact.json lists module {path!r} of type {name!r} without constructor arguments, so load_compact "
+            "cannot rebuild it (register its class with autotrainonce.space.register_op(cls, ..., rebuild=...) "
+            "before save_compact); load compact.pt instead"
+        )
+    cls = _rebuildable(name, allowed)
+    if cls is None:
+        raise CheckpointError(
+            f"compact.json lists module {path!r} of type {name!r}, which load_compact cannot rebuild: no class "
+            "of that name is registered in this process, and load_compact never imports code named by a file. "
+            "Import the module that defines the class and registers it with "
+            "autotrainonce.space.register_op(cls, ..., rebuild=...), or pass load_compact(..., allowed_types=[cls])"
         )
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["args"].items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except Exception as exc:  # a constructor refusing the file's arguments is the file's problem
+        raise CheckpointError(
+            f"compact.json: cannot build module {path!r} as {name}({', '.join(kwargs)}): {type(exc).__name__}: {exc}"
+        ) from None
 
 
-def load_compact(source: str | Path, *, model: nn.Module | None = None) -> nn.Module:
+def load_compact(
+    source: str | Path,
+    *,
+    model: nn.Module | None = None,
+    allowed_types: Iterable[type[nn.Module]] = (),
+) -> nn.Module:
     """Rebuild the compact model from ``compact.json`` + ``compact.safetensors`` (CPU, eval mode).
 
-    Nothing is unpickled (safetensors + JSON only), so this is safe on files from elsewhere; ``compact.pt``,
-    in contrast, is a pickle to load with ``torch.load(..., weights_only=False)`` from trusted runs only.
+    Nothing is unpickled (safetensors + JSON only) and nothing is imported, so this is safe on files from
+    elsewhere; ``compact.pt``, in contrast, is a pickle to load with ``torch.load(..., weights_only=False)``
+    from trusted runs only.
 
     Args:
         source: the run directory, or the path of ``compact.json``.
         model: a freshly built dense model of the same architecture; needed when the JSON names no zoo model
             (a model of your own). Its listed modules are replaced in place.
+        allowed_types: classes of your own that the JSON may name besides those registered with
+            ``register_op(cls, rebuild=...)`` in this process; each is built as ``cls(**args)``.
     """
     from safetensors.torch import load_file
 
@@ -442,8 +473,9 @@ def load_compact(source: str | Path, *, model: nn.Module | None = None) -> nn.Mo
             )
         model = _build_zoo(desc["zoo"])
     model = model.cpu()
+    allowed = tuple(allowed_types)
     for mod_path, spec in desc["modules"].items():
-        new = _build_module(mod_path, spec)
+        new = _build_module(mod_path, spec, allowed)
         try:
             model.set_submodule(mod_path, new, strict=True)
         except AttributeError as exc:

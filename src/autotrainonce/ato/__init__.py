@@ -7,13 +7,11 @@
     ...  optimizer.step(); pruner.step(optimizer)
     compact = pruner.export()
 
-``AtoCallback`` and ``make_callback`` (the Trainer integration) are imported lazily, so this package does not
-pull in the training loop.
+The Trainer integration is :class:`autotrainonce.pruners.PrunerCallback` (``pruners.make_callback``), the same
+for every registered method; this package does not import the training loop.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from .algorithm import AutoTrainOnce
 from .config import AtoConfig
@@ -36,17 +34,4 @@ __all__ = [
     "calibrated_masks",
     "Schedule",
     "ScheduleConfig",
-    "AtoCallback",
-    "make_callback",
-    "plot_widths",
 ]
-
-_LAZY = {"AtoCallback": ".callback", "make_callback": ".callback", "plot_widths": ".plots"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

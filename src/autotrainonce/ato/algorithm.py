@@ -18,6 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.pruner import Pruner
 from ..errors import CheckpointError, ConfigError, SurgeryError
 from ..space.model_checks import check_model
 from ..space.surgery import exact_math, in_place_blocker
@@ -70,8 +71,8 @@ def _total_steps(total_steps: int | None, epochs: int | None, steps_per_epoch: i
     return steps
 
 
-class AutoTrainOnce:
-    """The ATO pruner for one model and one run.
+class AutoTrainOnce(Pruner):
+    """The ATO pruner for one model and one run (registered as ``"ato"`` in :mod:`autotrainonce.pruners`).
 
     Args:
         model: the network being trained (modified in place only by the proximal step).
@@ -96,6 +97,8 @@ class AutoTrainOnce:
     (each resample and the frozen one) is broadcast from rank 0, so all ranks take the same decisions even
     when their data, augmentation or RNG differ.
     """
+
+    name = "ato"
 
     def __init__(
         self,

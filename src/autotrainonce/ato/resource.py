@@ -1,20 +1,17 @@
-"""Resource targets (FLOPs, params), their conversion to a prunable-cost budget, and the resource loss.
+"""ATO's resource loss and the calibrated freeze threshold.
 
-A user asks to remove a fraction of the *whole* network's cost; the controller can only act on the prunable
-groups. :func:`resolve_target` turns the request into ``p``, the kept fraction of the *prunable* cost, and the
-resource loss compares the controller's achieved fraction ``r`` with ``p``.
+The targets (:class:`Flops`, :class:`Params`) and :func:`resolve_target` live in :mod:`autotrainonce.space.targets`
+(every pruner uses them) and are re-exported here. The resource loss compares the controller's achieved kept
+fraction ``r`` of the prunable cost with the target's ``p``.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
 
 import torch
 
-from ..errors import TargetError
+from ..space.targets import Budget, Flops, Params, Target, resolve_target
 
 __all__ = [
     "Target",
@@ -28,158 +25,6 @@ __all__ = [
 ]
 
 RESOURCE_LOSSES = ("log_ratio", "log_abs")
-
-
-class _Space(Protocol):  # the part of PruningSpace this module needs
-    groups: Sequence[Any]
-
-    def flops(self, masks: Any = None) -> int: ...
-    def params(self, masks: Any = None) -> int: ...
-    def soft_flops(self, masks: Any) -> torch.Tensor: ...
-    def soft_params(self, masks: Any) -> torch.Tensor: ...
-
-
-@dataclass(frozen=True)
-class Target:
-    """Remove ``remove`` (a fraction in (0, 1)) of the whole network's cost; subclasses name the cost."""
-
-    remove: float
-    kind = "cost"
-    label = "cost"  # how messages name the cost
-
-    def __post_init__(self) -> None:
-        r = self.remove
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or not 0.0 < r < 1.0:
-            raise TargetError(
-                f"{type(self).__name__}(remove={r!r}): the fraction to remove must be a number strictly "
-                "between 0 and 1 (e.g. 0.5 removes half of the network's cost)"
-            )
-
-    def cost(self, space: _Space, masks: Any = None) -> int:
-        """Exact cost of the network for (bool) ``masks``."""
-        raise NotImplementedError
-
-    def soft_cost(self, space: _Space, masks: Any) -> torch.Tensor:
-        """Cost, differentiable in float ``masks``."""
-        raise NotImplementedError
-
-
-@dataclass(frozen=True)
-class Flops(Target):
-    """Remove a fraction of the network's multiply-accumulates (MACs)."""
-
-    kind = "flops"
-    label = "MACs"
-
-    def cost(self, space: _Space, masks: Any = None) -> int:
-        return int(space.flops(masks))
-
-    def soft_cost(self, space: _Space, masks: Any) -> torch.Tensor:
-        return space.soft_flops(masks)
-
-
-@dataclass(frozen=True)
-class Params(Target):
-    """Remove a fraction of the network's parameters."""
-
-    kind = "params"
-    label = "parameters"
-
-    def cost(self, space: _Space, masks: Any = None) -> int:
-        return int(space.params(masks))
-
-    def soft_cost(self, space: _Space, masks: Any) -> torch.Tensor:
-        return space.soft_params(masks)
-
-
-@dataclass(frozen=True)
-class Budget:
-    """A target resolved on one pruning space.
-
-    ``total``: cost with everything kept; ``fixed``: cost with every prunable group fully removed (what no mask
-    can remove); ``prunable = total - fixed``; ``p``: the kept fraction of the prunable cost that meets the target.
-    """
-
-    target: Target
-    total: int
-    fixed: int
-    p: float
-
-    @property
-    def prunable(self) -> int:
-        return self.total - self.fixed
-
-    @property
-    def max_remove(self) -> float:
-        """The largest fraction of the whole cost that removing every prunable channel would save."""
-        return self.prunable / self.total if self.total else 0.0
-
-    def kept_fraction(self, cost: torch.Tensor | float) -> torch.Tensor | float:
-        """``r``: the kept fraction of the prunable cost, for a whole-network ``cost``."""
-        return (cost - self.fixed) / self.prunable
-
-    def removed(self, cost: float) -> float:
-        """Fraction of the whole network's cost removed, for a whole-network ``cost``."""
-        return 1.0 - cost / self.total
-
-
-def _all_removed(space: _Space) -> list[torch.Tensor | None]:
-    return [torch.zeros(g.size, dtype=torch.bool) if g.prunable else None for g in space.groups]
-
-
-def _min_kept(space: _Space, min_channels: int) -> list[torch.Tensor | None]:
-    out: list[torch.Tensor | None] = []
-    for g in space.groups:
-        if not g.prunable:
-            out.append(None)
-            continue
-        keep = torch.zeros(g.size, dtype=torch.bool)
-        keep[: min(min_channels, g.size)] = True
-        out.append(keep)
-    return out
-
-
-def resolve_target(target: Target, space: _Space, min_channels: int = 0) -> Budget:
-    """Convert ``target`` into the kept fraction ``p`` of the prunable cost, or raise :class:`TargetError`.
-
-    ``p = ((1 - remove) * T_total - T_fixed) / T_prunable``. With ``min_channels`` (every group keeps at least
-    that many channels) a target beyond what the smallest allowed network saves is refused too.
-    """
-    if not isinstance(target, Target):
-        raise TargetError(f"target must be Flops(remove=...) or Params(remove=...), got {target!r}")
-    if not any(g.prunable for g in space.groups):
-        reasons = sorted({g.reason for g in space.groups if g.reason})
-        why = f" (reasons: {'; '.join(reasons)})" if reasons else ""
-        raise TargetError(
-            f"cannot reach {target}: the model has no prunable channel groups{why}; nothing can be removed. "
-            "Train it without pruning, or look at discover(model, x).summary() (`ato info --model NAME`) "
-            "for why each group is kept"
-        )
-    total = target.cost(space, None)
-    fixed = target.cost(space, _all_removed(space))
-    prunable = total - fixed
-    if total <= 0 or prunable <= 0:
-        raise TargetError(
-            f"cannot reach {target}: the prunable channel groups carry no {target.label} "
-            f"(total {total}, all of it in unprunable layers)"
-        )
-    p = ((1.0 - target.remove) * total - fixed) / prunable
-    if p <= 0.0:
-        raise TargetError(
-            f"cannot reach {target}: at most {prunable / total:.1%} of the network's {target.label} can be "
-            f"removed, because {fixed / total:.1%} ({fixed} of {total}) sits in layers that cannot be pruned "
-            "(network inputs/outputs, unsupported ops, unprunable groups); ask for less than "
-            f"remove={prunable / total:.3f}"
-        )
-    if min_channels > 0:
-        floor = target.cost(space, _min_kept(space, min_channels))
-        if (1.0 - target.remove) * total < floor:
-            raise TargetError(
-                f"cannot reach {target}: with at least {min_channels} channel(s) kept in every prunable group "
-                f"(option min_channels), at most {1.0 - floor / total:.1%} of the network's {target.label} can "
-                f"be removed; ask for less than remove={1.0 - floor / total:.3f}"
-            )
-    return Budget(target=target, total=total, fixed=fixed, p=float(p))
 
 
 def resource_loss(r: torch.Tensor, p: float, kind: str = "log_ratio", dead_zone: float = 0.005) -> torch.Tensor:

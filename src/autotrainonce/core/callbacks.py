@@ -1,4 +1,4 @@
-"""Training callbacks: the only way code outside the Trainer (e.g. the ATO pruner) joins the loop.
+"""Training callbacks: the only way code outside the Trainer (e.g. a pruner) joins the loop.
 
 Order of the hooks in one :meth:`Trainer.fit`::
 
@@ -17,12 +17,13 @@ Order of the hooks in one :meth:`Trainer.fit`::
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch.optim import Optimizer
 
-if TYPE_CHECKING:
-    from .trainer import Trainer
+# The hooks receive the running autotrainonce.training.Trainer; it is typed loosely here because this module sits
+# below the training layer (the Trainer imports it, not the other way round).
+Trainer = Any
 
 __all__ = ["Callback", "CallbackList"]
 

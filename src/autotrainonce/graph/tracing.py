@@ -7,7 +7,7 @@ node alone). Later passes read these keys and never edit the model.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -48,12 +48,21 @@ def _function_leaf(cls: type) -> Any:
 
 
 class _Tracer(fx.Tracer):
-    """fx tracer that keeps custom ``torch.autograd.Function``s as leaf calls.
+    """fx tracer that keeps custom ``torch.autograd.Function``s, and modules ``leaf`` accepts, as leaf calls.
 
     Plain fx runs a Function's forward on proxies, which loses its custom backward from the graph's point of
     view and fails outright when forward leaves torch (numpy, C extensions). As a leaf, the function is one
     node that the op rules do not know, so its channels stay unprunable and a warning names it.
+    fx keeps only torch.nn layers as leaves; a user's layer that has an op rule must stay one node too, or
+    its rule would never see it.
     """
+
+    def __init__(self, leaf: Callable[[nn.Module], bool] | None = None) -> None:
+        super().__init__()
+        self.leaf = leaf
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return super().is_leaf_module(m, module_qualified_name) or (self.leaf is not None and self.leaf(m))
 
     def trace(self, root: Any, concrete_args: Any = None) -> fx.Graph:
         original = torch.autograd.Function.__dict__["apply"]
@@ -77,13 +86,14 @@ class _Tracer(fx.Tracer):
             torch.autograd.Function.apply = original  # type: ignore[method-assign]
 
 
-def trace(model: nn.Module) -> fx.GraphModule:
-    """Symbolically trace ``model`` (torch.nn modules and custom autograd Functions stay leaves).
+def trace(model: nn.Module, leaf: Callable[[nn.Module], bool] | None = None) -> fx.GraphModule:
+    """Symbolically trace ``model`` (torch.nn modules, custom autograd Functions and modules for which
+    ``leaf(module)`` is true stay leaves).
 
     Raises TraceError naming the cause.
     """
     try:
-        graph = _Tracer().trace(model)
+        graph = _Tracer(leaf).trace(model)
         name = type(model).__name__
         return fx.GraphModule(model, graph, name)
     except Exception as e:  # fx raises many kinds; all mean "cannot trace this forward"

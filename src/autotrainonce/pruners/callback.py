@@ -1,4 +1,4 @@
-"""The ATO pruner as a Trainer callback, and the factory the CLI calls."""
+"""Any registered pruner as a Trainer callback, and the factory the Trainer and the CLI call."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from typing import Any
 from torch import nn
 from torch.optim import Optimizer
 
+from ..core.callbacks import Callback
+from ..core.pruner import Pruner
 from ..errors import ConfigError
-from ..training.callbacks import Callback
-from .algorithm import AutoTrainOnce
-from .resource import Flops, Params, Target
+from ..space.targets import Flops, Params, Target
 
-__all__ = ["AtoCallback", "make_callback", "MASK_FILE", "WIDTHS_FILE"]
+__all__ = ["PrunerCallback", "make_callback", "target_from_config", "MASK_FILE", "WIDTHS_FILE"]
 
 log = logging.getLogger(__name__)
 
@@ -24,28 +24,29 @@ MASK_FILE = "mask.json"
 WIDTHS_FILE = "widths.png"
 
 
-class AtoCallback(Callback):
-    """Runs :class:`AutoTrainOnce` inside ``Trainer.fit``: one pruner step after every optimizer step.
+class PrunerCallback(Callback):
+    """Runs a :class:`~autotrainonce.core.Pruner` inside ``Trainer.fit``: one step after every optimizer step.
 
-    Writes ``mask.json`` into the run directory when the mask freezes (and ``widths.png`` at the end); in a
-    distributed run only the main process writes (``trainer.is_main``), while every rank steps its own pruner
-    in lockstep (see :class:`AutoTrainOnce`). The pruner works on ``trainer.model``, the plain module, never on
-    the DDP wrapper.
+    Writes ``mask.json`` into the run directory when the mask becomes final (and ``widths.png`` at the end); in
+    a distributed run only the main process writes (``trainer.is_main``), while every rank steps its own pruner
+    in lockstep. The pruner works on ``trainer.model``, the plain module, never on the DDP wrapper. The
+    checkpoint key is the method's name (``"ato"``, ``"l1"``, ...).
     """
 
-    def __init__(self, pruner: AutoTrainOnce) -> None:
+    def __init__(self, pruner: Pruner) -> None:
         self.pruner = pruner
         pruner.owner_rebuilds_wrappers = True  # the Trainer rebuilds its DDP wrapper after the cut
         self._warned_step = False
 
     @property
     def state_key(self) -> str:
-        return "ato"
+        return self.pruner.name or type(self.pruner).__name__
 
     def on_fit_start(self, trainer: Any) -> None:
         spe = getattr(trainer, "steps_per_epoch", None)
-        if spe:
-            self.pruner.set_steps_per_epoch(int(spe))
+        set_spe = getattr(self.pruner, "set_steps_per_epoch", None)  # methods with per-epoch schedules
+        if spe and set_spe is not None:
+            set_spe(int(spe))
 
     def on_after_optimizer_step(self, trainer: Any, optimizer: Optimizer) -> None:
         p = self.pruner
@@ -54,14 +55,14 @@ class AtoCallback(Callback):
             # The trainer's step counter is the truth (e.g. a resume from a checkpoint without ATO state).
             if not self._warned_step:
                 warnings.warn(
-                    f"ATO step counter {p.global_step} != trainer step {expected}; following the trainer",
+                    f"{self.state_key} step counter {p.global_step} != trainer step {expected}; following the trainer",
                     stacklevel=2,
                 )
                 self._warned_step = True
             p.global_step = expected
-        was_frozen = p.frozen
+        was_final = _final(p)
         cut = p.step(optimizer)
-        if p.frozen and not was_frozen and _is_main(trainer):
+        if _final(p) and not was_final and _is_main(trainer):
             self.write_mask(getattr(trainer, "run_dir", None))
         if cut:
             # The model was cut in place and the optimizer's state sliced; keep both and the LR schedule. Every
@@ -72,7 +73,7 @@ class AtoCallback(Callback):
             r = p.cut_report
             if _is_main(trainer):
                 log.info(
-                    "ATO: cut at step %d: MACs %d -> %d, params %d -> %d",
+                    "%s: cut at step %d: MACs %d -> %d, params %d -> %d", self.state_key.upper(),
                     r["step"], r["macs_before"], r["macs_after"], r["params_before"], r["params_after"],
                 )  # fmt: skip
 
@@ -90,20 +91,22 @@ class AtoCallback(Callback):
 
     def on_fit_end(self, trainer: Any) -> None:
         run_dir = getattr(trainer, "run_dir", None)
-        if run_dir is None or self.pruner.mask is None or not _is_main(trainer):
+        summary = self.pruner.mask_summary()
+        if run_dir is None or summary is None or not _is_main(trainer):
             return
         self.write_mask(run_dir)
-        from .plots import plot_widths
+        from ..viz import plot_widths
 
-        plot_widths(self.pruner.mask_summary(), Path(run_dir) / WIDTHS_FILE)
+        plot_widths(summary, Path(run_dir) / WIDTHS_FILE)
 
     def write_mask(self, run_dir: str | Path | None) -> Path | None:
         """Write the current mask per group to ``run_dir/mask.json``; returns the path (None without a dir)."""
-        if run_dir is None:
+        summary = self.pruner.mask_summary()
+        if run_dir is None or summary is None:
             return None
         path = Path(run_dir) / MASK_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.pruner.mask_summary(), indent=1))
+        path.write_text(json.dumps(summary, indent=1))
         return path
 
     def state_dict(self) -> dict[str, Any]:
@@ -113,8 +116,13 @@ class AtoCallback(Callback):
         self.pruner.load_state_dict(state)
 
     def export(self) -> nn.Module:
-        """The physically pruned model (see :meth:`AutoTrainOnce.export`)."""
+        """The physically pruned model (see :meth:`Pruner.export`)."""
         return self.pruner.export()
+
+
+def _final(pruner: Pruner) -> bool:
+    """Whether the pruner's mask is final (ATO: frozen; others: once cut)."""
+    return bool(getattr(pruner, "frozen", pruner.cut))
 
 
 def _is_main(trainer: Any) -> bool:
@@ -122,12 +130,13 @@ def _is_main(trainer: Any) -> bool:
     return bool(getattr(trainer, "is_main", True))
 
 
-def _target(prune_cfg: Any) -> Target:
+def target_from_config(prune_cfg: Any) -> Target:
+    """``Flops`` or ``Params`` from a prune config's ``remove_flops`` / ``remove_params`` (exactly one)."""
     flops = getattr(prune_cfg, "remove_flops", None)
     params = getattr(prune_cfg, "remove_params", None)
     if (flops is None) == (params is None):
         raise ConfigError(
-            "ATO needs exactly one target: set prune.remove_flops (fraction of MACs) or prune.remove_params "
+            "pruning needs exactly one target: set prune.remove_flops (fraction of MACs) or prune.remove_params "
             f"(fraction of parameters), got remove_flops={flops!r}, remove_params={params!r}"
         )
     return Flops(remove=float(flops)) if flops is not None else Params(remove=float(params))
@@ -135,13 +144,13 @@ def _target(prune_cfg: Any) -> Target:
 
 def make_callback(
     prune_cfg: Any, model: nn.Module, example_inputs: Any, holdout_loader: Any, total_steps: int
-) -> AtoCallback:
-    """Build the ATO callback from a prune config (``.method``, ``.remove_flops``/``.remove_params``, ``.options``)."""
+) -> PrunerCallback:
+    """Build the registered method ``prune_cfg.method`` (with ``.remove_flops``/``.remove_params`` and
+    ``.options``) for ``model`` and wrap it as a Trainer callback."""
+    from . import create  # the registry imports this module
+
     method = str(getattr(prune_cfg, "method", "ato")).lower()
-    if method not in ("ato", "autotrainonce"):
-        raise ConfigError(f"make_callback builds the 'ato' method, not {method!r}")
     options = dict(getattr(prune_cfg, "options", None) or {})
-    pruner = AutoTrainOnce(
-        model, example_inputs, _target(prune_cfg), holdout=holdout_loader, total_steps=int(total_steps), **options
-    )
-    return AtoCallback(pruner)
+    pruner = create(method, model, example_inputs, target_from_config(prune_cfg), holdout_loader,
+                    total_steps=int(total_steps), **options)  # fmt: skip
+    return PrunerCallback(pruner)

@@ -13,12 +13,16 @@ Public contract (other layers and external tools rely on these names)::
 
 ``masks`` is a list aligned with ``space.groups``: one bool (or float) tensor of shape ``(group.size,)`` per
 group, or None for "keep all". Unprunable groups must be None or all-kept.
+
+What the library knows about each op (channel rule and cost, attribute fixer, ``compact.json`` description)
+is one entry of the op table, :func:`register_op` (``space/ops.py``).
 """
 
 from __future__ import annotations
 
 from .discover import discover
 from .groups import ChannelGroup, GatePoint, Member
+from .ops import register_op, unregister_op
 from .pruning_space import PruningSpace
 from .rules import register_op_rule
 from .surgery import max_output_diff, register_attribute_fixer
@@ -31,5 +35,7 @@ __all__ = [
     "discover",
     "max_output_diff",
     "register_attribute_fixer",
+    "register_op",
     "register_op_rule",
+    "unregister_op",
 ]

@@ -16,6 +16,7 @@ from ..graph.tracing import SHAPE, annotate_shapes, as_input_tuple, trace
 from .fallback import discover_by_parts
 from .groups import ChannelGroup, GatePoint, Member
 from .model_checks import check_model
+from .ops import module_rule
 from .propagate import ATOMS, Propagation, op_label
 from .pruning_space import ParamDim, PruningSpace
 from .rules import Rule, apply_rule
@@ -30,8 +31,8 @@ def discover(
 
     Channels that cannot be removed without changing the function (network inputs and outputs, channels that
     reach an op without a rule) are grouped as unprunable; an unsupported op warns once, naming itself and its
-    module. ``rules`` adds op rules for this call only (same keys as :func:`register_op_rule`), taking
-    precedence over the global table.
+    module. ``rules`` adds op rules for this call only (same keys as :func:`register_op`), taking precedence
+    over the global table; a module class with a rule (here or registered) is traced as one node.
 
     A model that torch.fx cannot trace (data-dependent Python control flow) falls back to its submodules: each
     maximal submodule that traces on its own gets its inner channels analysed, everything crossing the
@@ -42,11 +43,14 @@ def discover(
         inputs = as_input_tuple(example_inputs)
     except TypeError as e:
         raise ExampleInputError(f"discover: {e}") from None
+    def leaf(module: nn.Module) -> bool:  # a module with a rule is one node, whatever its forward does
+        return module_rule(module, rules) is not None
+
     try:
-        gm = trace(model)
+        gm = trace(model, leaf)
     except TraceError as e:
         _check_runs(model, inputs)  # the fallback runs the model: say plainly when the inputs are the problem
-        ctx, traced = discover_by_parts(model, inputs, lambda g, prefix: propagate(g, rules, prefix))
+        ctx, traced = discover_by_parts(model, inputs, lambda g, prefix: propagate(g, rules, prefix), leaf)
         where = f"{len(traced)} submodules that trace on their own" if traced else "no submodule"
         warnings.warn(
             f"autotrainonce: {e} Falling back to {where}: only channels inside them can be pruned; "

@@ -50,13 +50,23 @@ def _record_calls(model: nn.Module, inputs: tuple, targets: dict[str, nn.Module]
     return counter.get_total_flops(), calls
 
 
-def _is_leaf(module: nn.Module) -> bool:
-    """A single torch.nn layer: no channels of its own between an input and an output."""
+Leaf = Callable[[nn.Module], bool]
+
+
+def _is_leaf(module: nn.Module, leaf: Leaf | None) -> bool:
+    """A single layer (torch.nn, or one with a registered rule): no channels of its own between input and output."""
+    if leaf is not None and leaf(module):
+        return True
     return type(module).__module__.startswith("torch.nn") and not list(module.children())
 
 
-def discover_by_parts(model: nn.Module, inputs: tuple, propagate: Propagate) -> tuple[Propagation, list[str]]:
-    """Propagation state of every maximal submodule that traces, merged; and the traced paths."""
+def discover_by_parts(
+    model: nn.Module, inputs: tuple, propagate: Propagate, leaf: Leaf | None = None
+) -> tuple[Propagation, list[str]]:
+    """Propagation state of every maximal submodule that traces, merged; and the traced paths.
+
+    ``leaf(module)`` says which modules stay single nodes when tracing (see :func:`..graph.tracing.trace`).
+    """
     merged = Propagation(None)
     traced: list[str] = []
     pending: list[tuple[str, nn.Module]] = [("", model)]
@@ -72,14 +82,14 @@ def discover_by_parts(model: nn.Module, inputs: tuple, propagate: Propagate) -> 
         pending = []
         for path, child in children.items():
             seen = calls[path]
-            if len(seen) != 1 or _is_leaf(child) or not any(True for _ in child.parameters()):
+            if len(seen) != 1 or _is_leaf(child, leaf) or not any(True for _ in child.parameters()):
                 continue  # unused, shared, a single layer or stateless: nothing inside to prune
             args, kwargs = seen[0]
             if kwargs or not all(isinstance(a, torch.Tensor) for a in args):
                 pending.append((path, child))  # cannot replay this call as a graph: look one level down
                 continue
             try:
-                gm = trace(child)
+                gm = trace(child, leaf)
                 annotate_shapes(gm, args)
             except TraceError:
                 pending.append((path, child))

@@ -1,20 +1,22 @@
 """Physical pruning: slice every member tensor to the kept channels and fix module attributes.
 
-A table maps module types to an attribute fixer that runs after the tensors are sliced, so the compact model
-is made of plain torch modules that need nothing from autotrainonce to run, save or export.
+The op table (:mod:`.ops`) gives each module type an attribute fixer (:mod:`.fixers`) that runs after the
+tensors are sliced, so the compact model is made of the user's own classes and plain torch modules with
+consistent attributes, needing nothing from autotrainonce to run, save or export.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from ..errors import SurgeryError
+from .ops import Fixer, module_fixer, update_op
 from .optimizer_state import check_sliceable, remap_optimizer_, retarget_optimizer
 
 if TYPE_CHECKING:
@@ -22,61 +24,14 @@ if TYPE_CHECKING:
 
 __all__ = ["exact_math", "prune_model", "prune_model_", "register_attribute_fixer", "max_output_diff", "in_place_blocker"]
 
-Fixer = Callable[[nn.Module, "PruningSpace", str, list], None]
-ATTRIBUTE_FIXERS: dict[type, Fixer] = {}
 
+def register_attribute_fixer(cls: type[nn.Module], fixer: Fixer) -> None:
+    """Register ``fixer(module, space, path, masks)`` to update attributes of ``cls`` after slicing.
 
-def register_attribute_fixer(cls: type, fixer: Fixer) -> None:
-    """Register ``fixer(module, space, path, masks)`` to update attributes of ``cls`` after slicing."""
-    ATTRIBUTE_FIXERS[cls] = fixer
-
-
-def _kept_in(space: PruningSpace, path: str, masks: list, default: int) -> int:
-    pd = space.activations.get((path, "in"))
-    return int(pd.kept(masks, soft=False)) if pd is not None else default
-
-
-def _fix_conv(m: nn.Module, space: PruningSpace, path: str, masks: list) -> None:
-    assert isinstance(m, nn.modules.conv._ConvNd)
-    w = m.weight
-    if m.transposed:
-        m.in_channels, m.out_channels = w.shape[0], w.shape[1] * m.groups
-        return
-    if m.groups > 1 and m.groups == m.in_channels:  # depthwise: groups follow the channels
-        mult = m.out_channels // m.in_channels
-        m.out_channels = w.shape[0]
-        m.in_channels = m.groups = m.out_channels // mult
-    else:
-        m.out_channels = w.shape[0]
-        m.in_channels = w.shape[1] * m.groups
-
-
-def _fix_linear(m: nn.Module, space: PruningSpace, path: str, masks: list) -> None:
-    m.out_features, m.in_features = m.weight.shape
-
-
-def _fix_channel_norm(m: nn.Module, space: PruningSpace, path: str, masks: list) -> None:
-    m.num_features = _kept_in(space, path, masks, m.num_features)
-
-
-def _fix_group_norm(m: nn.Module, space: PruningSpace, path: str, masks: list) -> None:
-    per_group = m.num_channels // m.num_groups
-    m.num_channels = _kept_in(space, path, masks, m.num_channels)
-    m.num_groups = m.num_channels // per_group
-
-
-def _fix_prelu(m: nn.Module, space: PruningSpace, path: str, masks: list) -> None:
-    m.num_parameters = m.weight.numel()
-
-
-for _cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d):
-    register_attribute_fixer(_cls, _fix_conv)
-register_attribute_fixer(nn.Linear, _fix_linear)
-for _cls in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
-             nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d):
-    register_attribute_fixer(_cls, _fix_channel_norm)
-register_attribute_fixer(nn.GroupNorm, _fix_group_norm)
-register_attribute_fixer(nn.PReLU, _fix_prelu)
+    Sets only the fixer part of ``cls``'s op-table entry; :func:`~autotrainonce.space.register_op` registers a
+    module class's rule, fixer and rebuild description together.
+    """
+    update_op(cls, fix_attributes=fixer)
 
 
 def _slice(t: torch.Tensor, dims: dict, masks: list) -> torch.Tensor:
@@ -136,7 +91,7 @@ def _fix_attributes(space: PruningSpace, model: nn.Module, touched: set[str], ma
     # activations keyed (module path, "in"/"out") name modules; other keys (matmul costs) name graph nodes
     for path in sorted(touched | {p for p, kind in space.activations if kind in ("in", "out")}):
         mod = model.get_submodule(path)
-        fixer = ATTRIBUTE_FIXERS.get(type(mod))
+        fixer = module_fixer(mod)
         if fixer is not None:
             fixer(mod, space, path, masks)
 

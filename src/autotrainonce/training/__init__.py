@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from .callbacks import Callback, CallbackList
+from ..core.callbacks import Callback, CallbackList
 from .checkpoint import atomic_save, check_state_dict, load_checkpoint, load_model_state
 from .metrics import BASE_COLUMNS, MetricsLogger, read_metrics
 from .optim import ClassificationLoss, WarmupCosine, WarmupStep, build_optimizer, build_scheduler

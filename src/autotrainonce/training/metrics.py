@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..viz.curves import read_metrics
+
 __all__ = ["BASE_COLUMNS", "MetricsLogger", "read_metrics", "accuracy_counts"]
 
 log = logging.getLogger(__name__)
@@ -44,15 +46,6 @@ def accuracy_counts(logits: Any, targets: Any, ks: Sequence[int] = (1, 5)) -> di
     top = logits.topk(max(ks), dim=1).indices
     hits = top.eq(targets.view(-1, 1))
     return {k: int(hits[:, :k].any(dim=1).sum()) for k in ks}
-
-
-def read_metrics(path: str | Path) -> list[dict[str, str]]:
-    """Rows of a metrics.csv as dicts of strings (empty list when the file does not exist)."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def _cell(value: Any) -> str:

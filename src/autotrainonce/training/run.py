@@ -10,12 +10,10 @@ This is what ``ato train`` and ``ato demo`` call; it is also the easiest way to 
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 import logging
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,20 +22,19 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .. import data, models
+from .. import data, models, pruners
 from ..config import Config, merge_overrides, save_config
+from ..core.callbacks import Callback
 from ..data.sampler import ResumableBatchSampler, SeededDataset
-from ..errors import ConfigError, UserError
+from ..errors import ConfigError
 from ..measure import count_macs, count_params, format_count, latency_ms
 from . import distributed as dist_utils
-from .callbacks import Callback
 from .trainer import Trainer
 from .utils import count_steps, seed_everything
 
 __all__ = [
     "RunResult",
     "RunData",
-    "PruningUnavailableError",
     "build_data",
     "resolve_model_config",
     "format_table",
@@ -81,10 +78,6 @@ class RunResult:
     """What results.json holds: dense (and for pruning runs compact, change, equivalence, latency)."""
     artifacts: dict[str, Path] = field(default_factory=dict)
     """Pruning runs: the compact model's files (see autotrainonce.export.save_compact)."""
-
-
-class PruningUnavailableError(UserError):
-    """The requested pruning method is not part of this build."""
 
 
 def resolve_model_config(cfg: Config, info: data.DatasetInfo) -> Config:
@@ -192,22 +185,6 @@ def _count(n: int) -> str:
     return f"{format_count(n)} ({n:,})"
 
 
-def _pruner_factory(method: str) -> Callable[..., Callback]:
-    """``autotrainonce.ato.make_callback``, or a user error saying this build cannot prune."""
-    unavailable = f"pruning method {method!r} is not available in this build"
-    try:
-        ato = importlib.import_module("autotrainonce.ato")
-        make_callback = getattr(ato, "make_callback", None)
-    except ImportError as exc:
-        if isinstance(exc, ModuleNotFoundError) and exc.name == "autotrainonce.ato":
-            raise PruningUnavailableError(unavailable) from None
-        # Present but broken: say why, so the problem is not mistaken for a missing feature.
-        raise PruningUnavailableError(f"{unavailable} (importing autotrainonce.ato failed: {exc})") from exc
-    if make_callback is None:
-        raise PruningUnavailableError(unavailable)
-    return make_callback
-
-
 def run_training(cfg: Config, callbacks: list[Callback] | None = None) -> RunResult:
     """Train (and, with ``prune.method: ato``, prune) as ``cfg`` says; logs the before/after tables.
 
@@ -221,7 +198,7 @@ def run_training(cfg: Config, callbacks: list[Callback] | None = None) -> RunRes
 
 def _run_training(cfg: Config, callbacks: list[Callback] | None) -> RunResult:
     started = time.perf_counter()
-    make_pruner = _pruner_factory(cfg.prune.method) if cfg.prune.method == "ato" else None
+    make_pruner = pruners.make_callback if cfg.prune.method != "none" else None
     world, rank, main = dist_utils.world_size(), dist_utils.rank(), dist_utils.is_main()
     seed_everything(cfg.run.seed)  # the same on every rank: one model init, one split, one pruner
     device = dist_utils.rank_device(cfg.run.device)
@@ -229,7 +206,7 @@ def _run_training(cfg: Config, callbacks: list[Callback] | None) -> RunResult:
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
     cfg = resolve_model_config(cfg, data.info(cfg.data.name, root=cfg.data.root, **cfg.data.options))
     run_data = build_data(cfg)
-    model = models.create(
+    model = models.build(  # a zoo name, or module:attr of the user's own model
         cfg.model.name,
         num_classes=cfg.model.num_classes,
         in_channels=cfg.model.in_channels,
@@ -270,12 +247,16 @@ def _run_training(cfg: Config, callbacks: list[Callback] | None) -> RunResult:
     test_loader = _loader(run_data.test, d.eval_batch_size, d.workers, device, train=False)
     all_callbacks = list(callbacks or [])
     pruner = None
+    dense_arch = model
     if make_pruner is not None:
         assert run_data.holdout is not None
         # Its own seed stream, so the controller's batches do not follow the training order.
         holdout_loader = _loader(run_data.holdout, d.batch_size, d.workers, device, train=True,
                                  seed=seed + 1, holdout=True)  # fmt: skip
         total_steps = cfg.run.epochs * count_steps(train_loader, cfg.run.max_steps_per_epoch)
+        # The freeze cut prunes `model` in place, so the dense architecture is kept aside (before the pruner
+        # touches the model) for the latency comparison and for compact.json's list of changed layers.
+        dense_arch = copy.deepcopy(model)
         pruner = make_pruner(cfg.prune, model, example, holdout_loader, total_steps)
         all_callbacks.append(pruner)
     if world > 1:
@@ -298,7 +279,7 @@ def _run_training(cfg: Config, callbacks: list[Callback] | None) -> RunResult:
         if main:
             _report_dense(result, started)
     else:
-        _report_pruned(result, trainer, pruner, model, example, test_loader, started)
+        _report_pruned(result, trainer, pruner, dense_arch, example, test_loader, started)
     return result
 
 
@@ -366,6 +347,10 @@ def _report_pruned(
 
     zoo = {"name": cfg.model.name, "num_classes": cfg.model.num_classes, "in_channels": cfg.model.in_channels,
            "kwargs": dict(cfg.model.kwargs)}  # fmt: skip
+    if models.is_custom_name(cfg.model.name):
+        # load_compact rebuilds zoo models only (it must not import code named by a file), so a model of the
+        # user's own is recorded by its class and loaded with load_compact(run_dir, model=<fresh instance>).
+        zoo = None
     log.info("saving the compact model ...")
     try:
         result.artifacts = save_compact(compact, example, run_dir, zoo=zoo, reference=dense_model)
@@ -470,5 +455,5 @@ def _share(kept: int, total: int) -> str:
 
 
 def _default_name(cfg: Config) -> str:
-    name = f"{cfg.model.name}-{cfg.data.name}"
+    name = f"{models.short_name(cfg.model.name)}-{cfg.data.name}"  # module:attr -> attr: no ':' in folder names
     return f"{name}-{cfg.prune.method}" if cfg.prune.method != "none" else name

@@ -18,9 +18,9 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 from tqdm.auto import tqdm
 
 from ..config import Config, to_dict
+from ..core.callbacks import Callback, CallbackList
 from ..errors import CheckpointError, ConfigError, TrainingDivergedError
 from . import distributed as dist_utils
-from .callbacks import Callback, CallbackList
 from .checkpoint import (
     FORMAT_VERSION,
     find_resume_checkpoint,

@@ -1,4 +1,4 @@
-"""Training curves from a run's metrics.csv, drawn without a display.
+"""Training curves from a run's metrics.csv.
 
 Uses matplotlib's object API with the Agg canvas directly, so it never switches the global pyplot backend of
 a notebook or script that imports autotrainonce.
@@ -6,15 +6,23 @@ a notebook or script that imports autotrainonce.
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .training.metrics import read_metrics
+__all__ = ["curves_figure", "plot_curves", "read_metrics"]
 
-__all__ = ["curves_figure", "plot_curves"]
+
+def read_metrics(path: str | Path) -> list[dict[str, str]]:
+    """Rows of a metrics.csv as dicts of strings (empty list when the file does not exist)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def _series(rows: list[dict[str, str]], key: str) -> tuple[list[float], list[float]]:

@@ -31,9 +31,9 @@ from torch.utils.data import DataLoader
 from autotrainonce import data, models
 from autotrainonce.config import Config, config_from_dict, merge_overrides
 from autotrainonce.errors import UserError
-from autotrainonce.measure import count_macs, latency_ms
+from autotrainonce.measure import alternating_latency, count_macs
+from autotrainonce.runner import build_data, resolve_model_config
 from autotrainonce.training import Callback
-from autotrainonce.training.run import build_data, resolve_model_config
 from autotrainonce.training.utils import resolve_device
 
 __all__ = [
@@ -278,19 +278,10 @@ class EpochTimer(Callback):
 def paired_latency(
     first: nn.Module, second: nn.Module, inputs: torch.Tensor, rounds: int = 3, seconds: float = 0.5
 ) -> tuple[float, float]:
-    """Median forward latency (ms) of two models on the same inputs, measured alternately.
-
-    Alternating ``rounds`` times cancels most of the drift of a shared machine; each measurement takes about
-    ``seconds`` (the repeat count is calibrated on the slower model).
-    """
-    probe = max(latency_ms(first, inputs, repeats=1, warmup=1), latency_ms(second, inputs, repeats=1, warmup=1))
-    repeats = int(min(50, max(3, seconds * 1000.0 / max(probe, 1e-3))))
-    a: list[float] = []
-    b: list[float] = []
-    for _ in range(max(1, rounds)):
-        a.append(latency_ms(first, inputs, repeats=repeats, warmup=2))
-        b.append(latency_ms(second, inputs, repeats=repeats, warmup=2))
-    return statistics.median(a), statistics.median(b)
+    """Median forward latency (ms) of two models on the same inputs, measured alternately (the library's
+    :func:`autotrainonce.measure.alternating_latency`, as the results table of `ato train` uses)."""
+    ms = alternating_latency({"first": first, "second": second}, inputs, rounds=rounds, seconds=seconds)
+    return ms["first"], ms["second"]
 
 
 # ------------------------------------------------------------------------------------------------ statistics

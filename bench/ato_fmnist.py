@@ -60,7 +60,7 @@ from _common import (  # noqa: E402
 from autotrainonce.config import Config, merge_overrides  # noqa: E402
 from autotrainonce.errors import UserError  # noqa: E402
 from autotrainonce.measure import count_macs, count_params, latency_ms  # noqa: E402
-from autotrainonce.training.run import RunResult, run_training  # noqa: E402
+from autotrainonce.runner import RunResult, run_training  # noqa: E402
 from autotrainonce.training.utils import resolve_device  # noqa: E402
 
 log = logging.getLogger("bench.ato_fmnist")

@@ -22,9 +22,9 @@ from autotrainonce import cli, data
 from autotrainonce.config import config_from_dict
 from autotrainonce.data import ResumableBatchSampler
 from autotrainonce.errors import ConfigError, DatasetError
+from autotrainonce.runner import per_rank_batch_size, run_training
 from autotrainonce.training import Callback, load_checkpoint, read_metrics
 from autotrainonce.training import distributed as dist_utils
-from autotrainonce.training.run import per_rank_batch_size, run_training
 
 WORLD = 2
 ATO_OPTIONS = {"controller_start": 2, "hyper_step": 1, "mask_interval": 2, "proximal_start": 3,

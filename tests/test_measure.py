@@ -62,3 +62,20 @@ def test_latency_positive():
 )  # fmt: skip
 def test_format_count(n, unit, text):
     assert format_count(n, unit) == text
+
+
+def test_alternating_latency_times_every_model_in_turns(monkeypatch):
+    from autotrainonce import measure
+
+    calls = []
+
+    def fake(model, inputs, repeats=50, warmup=10):
+        calls.append((model.tag, repeats))
+        return {"a": 2.0, "b": 1.0}[model.tag] + 0.1 * sum(1 for c in calls if c[0] == model.tag)
+
+    a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    a.tag, b.tag = "a", "b"
+    monkeypatch.setattr(measure, "latency_ms", fake)
+    ms = measure.alternating_latency({"a": a, "b": b}, torch.zeros(1, 2), rounds=3, repeats=7)
+    assert [c[0] for c in calls] == ["a", "b"] * 3 and all(r == 7 for _, r in calls)
+    assert ms == pytest.approx({"a": 2.2, "b": 1.2})  # the median of each model's three rounds

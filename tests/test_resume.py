@@ -31,7 +31,7 @@ import autotrainonce.export as export
 export.onnx_available = lambda: False
 from autotrainonce.config import config_from_dict
 from autotrainonce.training import Callback
-from autotrainonce.training.run import run_training
+from autotrainonce.runner import run_training
 
 class Slow(Callback):
     def on_after_optimizer_step(self, trainer, optimizer):

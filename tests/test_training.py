@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from autotrainonce import data
-from autotrainonce.config import Config, ScheduleConfig, config_from_dict
+from autotrainonce.config import Config, LRScheduleConfig, config_from_dict
 from autotrainonce.errors import CheckpointError, TrainingDivergedError
 from autotrainonce.training import (
     BASE_COLUMNS,
@@ -303,6 +303,30 @@ def test_nan_loss_raises_and_keeps_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(v).all() for v in trainer.model.state_dict().values() if v.is_floating_point())
 
 
+def test_step_skipped_by_the_loss_scaler_does_not_count(tmp_path):
+    """float16 AMP: a step whose gradients overflow is skipped by the GradScaler, so it must not advance the
+    step count, the LR schedule or on_after_optimizer_step (ATO's proximal step). A CPU GradScaler stands in
+    for the CUDA one; an inf gradient in the second batch forces the skip."""
+    recorder = Recorder()
+    trainer = make_trainer(tmp_path, epochs=1, callbacks=[recorder])
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    seen: list[torch.Tensor] = []  # fc.weight at each backward, i.e. after each earlier batch
+
+    def overflow_second_batch(grad: torch.Tensor) -> torch.Tensor:
+        seen.append(trainer.model.fc.weight.detach().clone())
+        return grad * float("inf") if len(seen) == 2 else grad
+
+    trainer.model.fc.weight.register_hook(overflow_second_batch)
+    trainer.fit()
+    assert trainer.steps_per_epoch == 4 and trainer.step_in_epoch == 4 and len(seen) == 4
+    assert trainer.global_step == 3 and recorder.steps == 3
+    assert [c[1] for c in recorder.calls if c[0] == "step"] == [1, 2, 3]
+    assert trainer.scheduler.last_epoch == 3  # stepped once per applied update
+    assert trainer.scaler.get_scale() == 2.0**9  # halved once, by the skipped step
+    assert torch.equal(seen[1], seen[2]) and not torch.equal(seen[2], seen[3])  # batch 2 changed nothing
+    assert load_checkpoint(tmp_path / "last.pt")["global_step"] == 3
+
+
 def test_warmup_cosine_values():
     fn = WarmupCosine(total_steps=100, warmup_steps=10)
     assert fn(0) == pytest.approx(0.1)
@@ -318,7 +342,7 @@ def test_step_schedule_values():
     assert [fn(19), fn(20), fn(29), fn(30)] == pytest.approx([1.0, 0.1, 0.1, 0.01])
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.5)
     sched = build_scheduler(
-        ScheduleConfig(name="step"), opt, epochs=4, steps_per_epoch=10
+        LRScheduleConfig(name="step"), opt, epochs=4, steps_per_epoch=10
     )  # 50%/75% milestones
     lrs = []
     for _ in range(40):
@@ -332,7 +356,7 @@ def test_step_schedule_values():
 
 def test_build_scheduler_cosine_per_step():
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
-    sched = build_scheduler(ScheduleConfig(warmup_epochs=1), opt, epochs=5, steps_per_epoch=4)
+    sched = build_scheduler(LRScheduleConfig(warmup_epochs=1), opt, epochs=5, steps_per_epoch=4)
     lrs = []
     for _ in range(20):
         lrs.append(opt.param_groups[0]["lr"])

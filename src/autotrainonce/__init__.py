@@ -7,7 +7,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import data, errors, models  # noqa: E402
+from . import data, errors, measure, models, pruners  # noqa: E402
 from .ato import AutoTrainOnce, Flops, Params  # noqa: E402
 from .space import ChannelGroup, PruningSpace, discover  # noqa: E402
 
@@ -21,5 +21,7 @@ __all__ = [
     "data",
     "discover",
     "errors",
+    "measure",
     "models",
+    "pruners",
 ]

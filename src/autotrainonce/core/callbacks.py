@@ -48,7 +48,10 @@ class Callback:
         """Before the first step of epoch ``epoch`` (0-based)."""
 
     def on_after_optimizer_step(self, trainer: Trainer, optimizer: Optimizer) -> None:
-        """After every ``optimizer.step()`` and LR-scheduler step; ``trainer.global_step`` counts this step."""
+        """After every ``optimizer.step()`` and LR-scheduler step; ``trainer.global_step`` counts this step.
+
+        Not called for a step the float16 loss scaler skipped (overflowed gradients): that step changed nothing.
+        """
 
     def on_train_epoch_end(self, trainer: Trainer, epoch: int) -> dict[str, float] | None:
         """After the last step of the epoch, before evaluation; may return extra metrics to log."""

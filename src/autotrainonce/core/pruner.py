@@ -37,6 +37,8 @@ class Pruner(abc.ABC):
 
     #: registry name of the method (``"ato"``, ``"l1"``, ...)
     name: str = ""
+    #: whether the method draws batches from a held-out split (the run builder splits one off only then)
+    uses_holdout: bool = False
     model: nn.Module
     space: Any
     cut: bool = False

@@ -12,8 +12,8 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
-from ..config import OptimConfig, ScheduleConfig
 from ..errors import ConfigError
+from .config import LRScheduleConfig, OptimConfig
 
 __all__ = [
     "WarmupCosine",
@@ -97,7 +97,7 @@ class WarmupStep:
 
 
 def build_scheduler(
-    cfg: ScheduleConfig, optimizer: Optimizer, epochs: int, steps_per_epoch: int
+    cfg: LRScheduleConfig, optimizer: Optimizer, epochs: int, steps_per_epoch: int
 ) -> LRScheduler:
     """A LambdaLR stepped once per optimiser step (not per epoch), so short runs still get a smooth schedule.
 

@@ -1,9 +1,8 @@
-"""The run configuration: nested dataclasses, loaded from YAML and checked key by key.
+"""Loading the run config: YAML, dotted overrides, typed key-by-key checks, range validation, ``to_dict``.
 
-A config has six sections (``model``, ``data``, ``optim``, ``schedule``, ``run``, ``prune``). Every field has a
-type, a default and a docstring. Loading rejects unknown keys and wrongly typed values with a
-:class:`~autotrainonce.errors.ConfigError` that names the offending key, so a typo never silently falls back to a
-default. Precedence, lowest first: dataclass defaults < YAML file < ``merge_overrides`` (the CLI flags).
+Loading rejects unknown keys and wrongly typed values with a :class:`~autotrainonce.errors.ConfigError` that
+names the offending key, so a typo never silently falls back to a default. Precedence, lowest first: dataclass
+defaults (:mod:`.schema`) < YAML file < ``merge_overrides`` (the CLI flags).
 """
 
 from __future__ import annotations
@@ -13,175 +12,23 @@ import difflib
 import math
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from .schema import Config, PruneConfig
 
 __all__ = [
-    "ModelConfig",
-    "DataConfig",
-    "OptimConfig",
-    "ScheduleConfig",
-    "RunConfig",
-    "PruneConfig",
-    "Config",
     "load_config",
     "config_from_dict",
     "merge_overrides",
+    "validate",
     "to_dict",
     "to_yaml",
     "save_config",
 ]
-
-
-@dataclass
-class ModelConfig:
-    """Which network to build."""
-
-    name: str = "resnet20"
-    """Zoo model name (see ``autotrainonce.models.list_models()``), or ``module:attr`` of your own ``nn.Module``
-    class or model function, e.g. ``mypkg.nets:MyNet`` (imported from the current folder or PYTHONPATH)."""
-    num_classes: int | None = None
-    """Output classes; None takes the dataset's number of classes."""
-    in_channels: int | None = None
-    """Input channels; None takes ``data.in_channels`` or else the dataset's channels."""
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    """Extra keyword arguments for the model builder, e.g. ``{cifar_stem: true}``, or your model's constructor."""
-
-
-@dataclass
-class DataConfig:
-    """Which data to train on and how to load it."""
-
-    name: str = "fashion-mnist"
-    """Registered dataset name (fashion-mnist, digits, cifar10, cifar100, imagefolder, synthetic)."""
-    options: dict[str, Any] = field(default_factory=dict)
-    """Dataset-specific options passed to the dataset builder, e.g. ``{num_samples: 256}`` for synthetic."""
-    root: str | None = None
-    """Dataset directory; None uses the dataset's default location (ATO_DATA_ROOT, Debian's package...)."""
-    image_size: int | None = None
-    """Resize images to this side length; None keeps the dataset's native size."""
-    in_channels: int | None = None
-    """Convert images to this many channels (1 or 3); None keeps the dataset's channels."""
-    augment: bool = True
-    """Use the dataset's training augmentation (random crop / flip)."""
-    holdout_fraction: float = 0.05
-    """Share of the training set held out for the pruning controller (only used when pruning)."""
-    train_subset: int | None = None
-    """Use only the first N training samples (quick runs); None uses them all."""
-    batch_size: int = 128
-    """Training mini-batch size."""
-    eval_batch_size: int = 256
-    """Evaluation batch size."""
-    workers: int = 2
-    """DataLoader worker processes (0 loads in the main process)."""
-
-
-@dataclass
-class OptimConfig:
-    """The optimiser and the loss."""
-
-    name: Literal["sgd", "adamw"] = "sgd"
-    """Optimiser: sgd (with momentum) or adamw."""
-    lr: float = 0.1
-    """Peak learning rate (reached at the end of the warm-up)."""
-    momentum: float = 0.9
-    """SGD momentum (ignored by adamw)."""
-    nesterov: bool = True
-    """Use Nesterov momentum with SGD."""
-    weight_decay: float = 5e-4
-    """L2 weight decay (decoupled for adamw)."""
-    label_smoothing: float = 0.0
-    """Label smoothing of the cross-entropy loss, in [0, 1)."""
-    mixup_alpha: float = 0.0
-    """Mixup Beta(alpha, alpha) parameter; 0 turns mixup off."""
-
-
-@dataclass
-class ScheduleConfig:
-    """The learning-rate schedule, applied every optimiser step."""
-
-    name: Literal["cosine", "step"] = "cosine"
-    """cosine: linear warm-up then cosine decay to 0; step: warm-up then multiply by gamma at each milestone."""
-    warmup_epochs: float = 0.0
-    """Length of the linear warm-up in epochs (fractions allowed)."""
-    milestones: list[float] | None = None
-    """Epochs at which the step schedule multiplies the LR by gamma; None means 50% and 75% of the run."""
-    gamma: float = 0.1
-    """Factor of the step schedule."""
-
-
-@dataclass
-class RunConfig:
-    """How long to train, where, and where to write the results."""
-
-    epochs: int = 10
-    """Number of training epochs."""
-    seed: int = 0
-    """Seed of torch, numpy and Python's random."""
-    device: str = "auto"
-    """auto (CUDA when available, else CPU), cpu, cuda or cuda:N."""
-    channels_last: bool | Literal["auto"] = "auto"
-    """Channels-last memory format; auto enables it on CUDA for networks with 2-D convolutions."""
-    out_dir: str = "runs"
-    """Parent directory of run directories."""
-    name: str | None = None
-    """Run directory name under out_dir; None uses '<model>-<data>'."""
-    resume: str | None = None
-    """None/'none' starts fresh, 'auto' resumes from the newest readable checkpoint of the run dir (last.pt,
-    else prev.pt), or a checkpoint path."""
-    checkpoint_every_steps: int = 500
-    """Also write last.pt every this many optimiser steps, mid-epoch (resumes at that exact batch); 0 writes
-    checkpoints at epoch ends only."""
-    tensorboard: bool = False
-    """Also log to TensorBoard (needs the tensorboard package)."""
-    max_steps_per_epoch: int | None = None
-    """Cut every epoch after this many steps (smoke tests); None runs full epochs."""
-    amp: bool = False
-    """Mixed precision on CUDA (bfloat16 when supported, else float16 with loss scaling); ignored on CPU."""
-
-
-@dataclass
-class PruneConfig:
-    """Structured pruning during training; passed as is to the pruning algorithm."""
-
-    method: str = "none"
-    """none trains the dense network; a registered pruning method prunes it while training: ato (Auto-Train-Once),
-    l1 (one-shot L1 cut), magnitude (progressive), or one of yours (autotrainonce.pruners.register)."""
-    remove_flops: float | None = None
-    """Target share of MACs to remove, in (0, 1); None for no MACs target."""
-    remove_params: float | None = None
-    """Target share of parameters to remove, in (0, 1); None for no parameter target."""
-    options: dict[str, Any] = field(default_factory=dict)
-    """Algorithm-specific options, passed through untouched."""
-
-
-@dataclass
-class Config:
-    """A whole run."""
-
-    model: ModelConfig = field(default_factory=ModelConfig)
-    """The network."""
-    data: DataConfig = field(default_factory=DataConfig)
-    """The data."""
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    """The optimiser and loss."""
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    """The learning-rate schedule."""
-    run: RunConfig = field(default_factory=RunConfig)
-    """Run length, device and outputs."""
-    prune: PruneConfig = field(default_factory=PruneConfig)
-    """Pruning (off by default)."""
-
-    def validate(self) -> Config:
-        """Check value ranges that types cannot express, and the pruning options' types; returns self."""
-        _check_ranges(self)
-        self.prune.options = _checked_prune_options(self.prune)
-        return self
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -319,7 +166,7 @@ def config_from_dict(data: dict[str, Any] | None) -> Config:
         if key not in _SECTIONS:
             raise ConfigError(_unknown_key_message(str(key), "", list(_SECTIONS)))
         sections[key] = _section_from_dict(hints[key], value, key)
-    return Config(**sections).validate()
+    return validate(Config(**sections))
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
@@ -400,6 +247,13 @@ def merge_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
     return config_from_dict(base)
 
 
+def validate(cfg: Config) -> Config:
+    """Check value ranges that types cannot express, and the pruning options' types; returns ``cfg``."""
+    _check_ranges(cfg)
+    cfg.prune.options = _checked_prune_options(cfg.prune)
+    return cfg
+
+
 def _check_ranges(cfg: Config) -> None:
     def need(ok: bool, key: str, what: str, value: Any) -> None:
         if not ok:
@@ -447,7 +301,7 @@ def _check_ranges(cfg: Config) -> None:
     for key in ("remove_flops", "remove_params"):
         value = getattr(p, key)
         need(value is None or 0.0 < value < 1.0, f"prune.{key}", "in (0, 1) or null", value)
-    from .pruners import available
+    from ..pruners import available
 
     methods = ["none", *available()]
     need(p.method.lower() in methods, "prune.method", f"one of {', '.join(methods)}", p.method)
@@ -462,7 +316,7 @@ def _checked_prune_options(prune: PruneConfig) -> dict[str, Any]:
     if prune.method != "ato" or not prune.options:
         return prune.options
     try:
-        from .ato.config import AtoConfig
+        from ..ato.config import AtoConfig
     except ImportError:  # a build without the ato package: run_training says so
         return prune.options
     hints = typing.get_type_hints(AtoConfig)

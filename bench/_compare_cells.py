@@ -34,11 +34,11 @@ from torch.utils.data import DataLoader
 
 from autotrainonce import data, discover, models
 from autotrainonce.config import Config, merge_overrides
-from autotrainonce.measure import count_macs, count_params
+from autotrainonce.measure import count_macs, count_params, relative_output_change
+from autotrainonce.runner import build_data, resolve_model_config
 from autotrainonce.space import PruningSpace
 from autotrainonce.training import Callback, Trainer
-from autotrainonce.training.run import build_data, resolve_model_config
-from autotrainonce.training.trainer import evaluate_model
+from autotrainonce.training.evaluation import evaluate_model
 from autotrainonce.training.utils import count_steps, resolve_device, seed_everything
 
 __all__ = [
@@ -60,6 +60,9 @@ METHODS = ("dense", "ato", "ato-freeze", "torch-pruning", "oto-hesso", "l1-onesh
 PRUNING_METHODS = METHODS[1:]
 LIBRARY_METHODS = ("dense", "ato", "ato-freeze", "l1-oneshot")  # a failure here is a failure of the benchmark
 CUT_TOLERANCE = 1e-3  # relative output change above which a cut is lossy (the network must train on after it)
+# ATO's freeze report (AutoTrainOnce.freeze_report) in the rows, as freeze_<key> columns
+FREEZE_KEYS = ("hamming", "hamming_frac", "shrunk_kept", "cut_unshrunk", "kept_near_zero", "kept_near_zero_frac",
+               "kept_zero")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -132,11 +135,14 @@ def _loader(ds: Any, batch_size: int, device: torch.device, train: bool) -> Data
 # ------------------------------------------------------------------------------------------------ our methods
 class _CutProbe:
     """Measures how much a pruner's decisive method (ATO's ``freeze``: hard zeroing and, with surgery="freeze",
-    the cut; the magnitude methods' ``_cut``) changes the outputs on the probe batch, the first time it runs."""
+    the cut; the magnitude methods' ``_cut``) changes the outputs on the probe batch, the first time it runs:
+    ``change`` (max-abs, :func:`relative_change`) and ``l2`` (:func:`autotrainonce.measure.relative_output_change`,
+    the definition of the library's own ``output_change`` reports)."""
 
     def __init__(self, pruner: Any, probe: torch.Tensor, method: str = "freeze") -> None:
         self.probe = probe
         self.change = math.nan
+        self.l2 = math.nan
         original = getattr(pruner, method)
 
         def observed(*args: Any, **kwargs: Any) -> Any:
@@ -144,7 +150,9 @@ class _CutProbe:
                 return original(*args, **kwargs)
             before = probe_outputs(pruner.model, probe)
             out = original(*args, **kwargs)
-            self.change = relative_change(before, probe_outputs(pruner.model, probe))
+            after = probe_outputs(pruner.model, probe)
+            self.change = relative_change(before, after)
+            self.l2 = relative_output_change(before, after)
             return out
 
         setattr(pruner, method, observed)  # instance attribute: only this pruner is observed
@@ -159,6 +167,10 @@ class _Method:
     cut_changes: Callable[[], list[float]]
     describe: Callable[[], str]
     search_seconds: Callable[[], float] = lambda: 0.0
+    #: L2 relative output change of each removal (row["cut_change_l2"] is the largest)
+    out_changes: Callable[[], list[float]] = lambda: []
+    #: extra row values read after ``finish`` (ATO: its freeze report)
+    instruments: Callable[[], dict[str, Any]] = lambda: {}
 
 
 def _setup(spec: CellSpec, cfg: Config, model: nn.Module, example: torch.Tensor, probe: torch.Tensor,
@@ -182,11 +194,18 @@ def _setup(spec: CellSpec, cfg: Config, model: nn.Module, example: torch.Tensor,
                 state["export"] = relative_change(masked, probe_outputs(compact, probe))
             return compact
 
+        def freeze_instruments() -> dict[str, Any]:
+            report = dict(cb.pruner.freeze_report)
+            return {"freeze_report": report, **{f"freeze_{k}": report.get(k, math.nan) for k in FREEZE_KEYS}}
+
         options = cfg.prune.options
         return _Method(
             [cb], finish,
             lambda: [c for c in (cut_probe.change, state.get("export", math.nan)) if not math.isnan(c)],
-            lambda: f"surgery={options.get('surgery', 'end')}, hyper_step={options.get('hyper_step', 20)}",
+            lambda: f"surgery={options.get('surgery', 'end')}, hyper_step={options.get('hyper_step', 20)}"
+            + (f", variant={options['variant']}" if "variant" in options else "")  # ablations tell rows apart
+            + (f", decide_at={options['decide_at']}" if "decide_at" in options else ""),
+            out_changes=lambda: [cut_probe.l2], instruments=freeze_instruments,
         )  # fmt: skip
     if method == "l1-oneshot":  # the library's registered "l1" method, through the same factory as `ato train`
         from autotrainonce.pruners import make_callback
@@ -201,14 +220,15 @@ def _setup(spec: CellSpec, cfg: Config, model: nn.Module, example: torch.Tensor,
             return 1.0 - r["macs_after"] / r["macs_before"] if r else math.nan
 
         return _Method([l1], lambda t: l1.export(), lambda: [l1_probe.change],
-                       lambda: f"one shot at step {at} ({100 * l1_removed():.1f}% MACs by the exact cost)")  # fmt: skip
+                       lambda: f"one shot at step {at} ({100 * l1_removed():.1f}% MACs by the exact cost)",
+                       out_changes=lambda: [l1_probe.l2])  # fmt: skip
     space = discover(copy.deepcopy(model).eval(), example)
     unprunable = _unprunable_modules(space)
     if method == "torch-pruning":
         at = window_steps(spec.window, total_steps, spec.prune_steps)
         tp_cb = TorchPruningCallback(float(spec.target), at, example, unprunable, dense_macs, probe)
         return _Method([tp_cb], lambda t: t.model, lambda: tp_cb.cut_changes, tp_cb.describe,
-                       lambda: tp_cb.search_seconds)  # fmt: skip
+                       lambda: tp_cb.search_seconds, out_changes=lambda: tp_cb.out_changes)  # fmt: skip
     if method == "oto-hesso":
         steps = window_steps(spec.window, total_steps, 2)
         params = [
@@ -220,7 +240,7 @@ def _setup(spec: CellSpec, cfg: Config, model: nn.Module, example: torch.Tensor,
             probe, str(cell_dir / "oto"), momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
         )  # fmt: skip
         return _Method([oto_cb], oto_cb.finish, lambda: [oto_cb.cut_change], oto_cb.describe,
-                       lambda: oto_cb.search_seconds)  # fmt: skip
+                       lambda: oto_cb.search_seconds, out_changes=lambda: [oto_cb.out_change])  # fmt: skip
     raise ValueError(f"unknown method {method!r}")
 
 
@@ -296,6 +316,9 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
     row["macs_gap_pp"] = row["macs_removed_pct"] - spec.target_pct if spec.target is not None else 0.0
     changes = [c for c in method.cut_changes() if not math.isnan(c)]
     row["cut_change"] = max(changes) if changes else math.nan
+    l2 = [c for c in method.out_changes() if not math.isnan(c)]
+    row["cut_change_l2"] = max(l2) if l2 else math.nan
+    row.update(method.instruments())
     if spec.method == "dense":
         row["finetune"] = "—"
     elif not changes:

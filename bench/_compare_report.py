@@ -24,6 +24,8 @@ __all__ = [
     "order_rows",
     "summarize",
     "results_table",
+    "cut_table",
+    "widths_table",
     "per_run_table",
     "plot_target",
     "plot_accuracy",
@@ -36,7 +38,9 @@ COLUMNS = [
     "test_top1", "top1_delta_pp", "dense_macs", "compact_macs", "dense_params", "compact_params", "epochs",
     "steps_per_epoch", "train_images", "epoch_s", "epoch_ratio", "step_ms", "step_ratio", "run_s",
     "run_ratio", "search_s", "lat1_ms", "lat1_dense_ms", "lat1_ratio", "lat64_ms", "lat64_dense_ms",
-    "lat64_ratio", "cut_change", "finetune", "setting", "run_dir", "warnings", "error",
+    "lat64_ratio", "cut_change", "cut_change_l2", "freeze_hamming", "freeze_hamming_frac", "freeze_shrunk_kept",
+    "freeze_cut_unshrunk", "freeze_kept_near_zero", "freeze_kept_near_zero_frac", "freeze_kept_zero", "finetune",
+    "setting", "run_dir", "warnings", "error",
 ]  # fmt: skip
 # Ratio columns filled from the dense row of the same model and seed: (ratio, value).
 RATIOS = [("epoch_ratio", "epoch_s"), ("step_ratio", "step_ms"), ("run_ratio", "run_s")]
@@ -133,10 +137,72 @@ def results_table(summary: list[dict[str, Any]]) -> str:
     return markdown_table(header, body, align="lllrrrrrrrrlll")
 
 
+def _sci(values: list[float]) -> str:
+    """``"3.2e-01"`` for one value, ``"3.2e-01 ± 1.0e-02"`` for several, ``"—"`` for none (changes span decades)."""
+    mean, spread, n = mean_spread(values)
+    if n == 0:
+        return "—"
+    return f"{mean:.1e}" if n == 1 else f"{mean:.1e} ± {spread:.1e}"
+
+
+def cut_table(summary: list[dict[str, Any]]) -> str:
+    """What happened at the cut, one line per pruning method and target (mean ± sample std over seeds).
+
+    Output change for every method; ATO also compares its frozen mask with the last draw the proximal step
+    shrank, and counts the channels it keeps although they are already (near) zero.
+    """
+    header = ["model", "method", "requested", "out Δ L2 (rel.)", "out Δ max (rel.)", "draw ≠ frozen",
+              "shrunk but kept", "cut but never shrunk", "kept ≈ 0 (= 0)", "seeds"]  # fmt: skip
+    body = []
+    for e in summary:
+        if e["method"] == "dense" or not e["seeds"]:
+            continue
+        hamming = values_of(e, "freeze_hamming_frac")
+        ato = mean_spread(hamming)[2] > 0  # ATO rows carry a freeze report
+
+        def count(col: str, e: dict[str, Any] = e) -> str:
+            return fmt_stat(values_of(e, col), 1 if len(e["seeds"]) > 1 else 0)
+
+        body.append([
+            e["model"], e["method"], f"{e['target_pct']:g}%",
+            _sci(values_of(e, "cut_change_l2")), _sci(values_of(e, "cut_change")),
+            f"{fmt_stat([100 * v for v in hamming], 1)}% ({count('freeze_hamming')})" if ato else "—",
+            count("freeze_shrunk_kept") if ato else "—",
+            count("freeze_cut_unshrunk") if ato else "—",
+            f"{count('freeze_kept_near_zero')} ({count('freeze_kept_zero')})" if ato else "—",
+            seeds_text(e),
+        ])  # fmt: skip
+    return markdown_table(header, body, align="lllrrrrrrl")
+
+
+def widths_table(summary: list[dict[str, Any]], models: Sequence[str], target: float | None) -> str:
+    """Kept fraction of every prunable conv's output channels at ``target`` (percent), one column per method."""
+    parts = []
+    for model in models:
+        entries = [e for e in summary if e["model"] == model and e["seeds"] and e["widths"]
+                   and e["method"] != "dense" and target is not None and abs(e["target_pct"] - target) < 1e-6]  # fmt: skip
+        if not entries:
+            continue
+        entries.sort(key=lambda e: METHOD_ORDER.index(e["method"]) if e["method"] in METHOD_ORDER else 99)
+        prunable = {name for e in entries for name in e.get("prunable_layers", [])}
+        layers: list[str] = []
+        for e in entries:  # the dense network's conv order; layers no method may change are left out
+            layers += [n for n in e["widths"] if n not in layers and (not prunable or n in prunable)]
+        body = [[model, name, *[_fraction(e["widths"].get(name)) for e in entries]] for name in layers]
+        header = ["model", f"layer (kept fraction at {target:g}%)", *[e["method"] for e in entries]]
+        parts.append(markdown_table(header, body, align="ll" + "r" * len(entries)))
+    return "\n\n".join(parts) if parts else "(no completed pruning runs at this target)"
+
+
+def _fraction(value: Any) -> str:
+    v = _num(value)
+    return "—" if math.isnan(v) else f"{v:.2f}"
+
+
 def per_run_table(rows: list[dict[str, Any]]) -> str:
     """Every cell on its own, with the method's setting (peer configuration) and any error."""
     header = ["model", "method", "requested", "seed", "MACs removed", "top-1 %", "epoch ×", "run ×",
-              "cut Δ (rel.)", "setting", "error"]  # fmt: skip
+              "cut Δ (rel.)", "cut Δ L2", "draw ≠ frozen", "setting", "error"]  # fmt: skip
     body = []
     for r in rows:
 
@@ -144,13 +210,16 @@ def per_run_table(rows: list[dict[str, Any]]) -> str:
             v = _num(r.get(col))
             return "—" if math.isnan(v) else f"{v:.{digits}f}"
 
-        cut = _num(r.get("cut_change"))
+        cut, l2 = _num(r.get("cut_change")), _num(r.get("cut_change_l2"))
+        hamming = _num(r.get("freeze_hamming_frac"))
         body.append([r["model"], r["method"], f"{r['target_pct']:g}%" if r["method"] != "dense" else "—",
                      r["seed"], f("macs_removed_pct", 1), f("test_top1", 2), f("epoch_ratio", 2),
                      f("run_ratio", 2), "—" if math.isnan(cut) else f"{cut:.1e}",
+                     "—" if math.isnan(l2) else f"{l2:.1e}",
+                     "—" if math.isnan(hamming) else f"{100 * hamming:.1f}%",
                      str(r.get("setting") or "").replace("|", "/"),
                      str(r.get("error") or "").replace("|", "/")])  # fmt: skip
-    return markdown_table(header, body, align="lllrrrrrrll")
+    return markdown_table(header, body, align="lllrrrrrrrrll")
 
 
 def plot_target(targets: Sequence[float], wanted: float = 50.0) -> float | None:

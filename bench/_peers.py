@@ -26,7 +26,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-from autotrainonce.measure import count_macs
+from autotrainonce.measure import count_macs, relative_output_change
 from autotrainonce.training import Callback
 
 __all__ = [
@@ -160,7 +160,8 @@ class TorchPruningCallback(Callback):
         self.dense_macs = int(dense_macs)
         self.probe = probe
         self.max_ratio = float(max_ratio)
-        self.cut_changes: list[float] = []
+        self.cut_changes: list[float] = []  # max-abs relative change of each pruning step (relative_change)
+        self.out_changes: list[float] = []  # L2 relative change of each step (as the library's pruners report)
         self.ratios: list[float] = []
         self.search_seconds = 0.0
 
@@ -207,7 +208,9 @@ class TorchPruningCallback(Callback):
         self.search_seconds += time.perf_counter() - started
         before = probe_outputs(model, self.probe)
         self._prune(model, ratio)
-        self.cut_changes.append(relative_change(before, probe_outputs(model, self.probe)))
+        after = probe_outputs(model, self.probe)
+        self.cut_changes.append(relative_change(before, after))
+        self.out_changes.append(relative_output_change(before, after))
         self.ratios.append(ratio)
         log.info("torch-pruning: step %d (%d/%d): ratio %.3f -> %.1f%% MACs removed (goal %.1f%%)",
                  step, k, len(self.at_steps), ratio, 100 * removed, 100 * goal)  # fmt: skip
@@ -339,6 +342,7 @@ class OtoHessoCallback(Callback):
         self.sparsity = float("nan")
         self.estimate = float("nan")
         self.cut_change = float("nan")
+        self.out_change = float("nan")  # L2 relative change of construct_subnet
         self.search_seconds = 0.0
 
     @property
@@ -392,7 +396,9 @@ class OtoHessoCallback(Callback):
         before = probe_outputs(model, self.probe)
         with _quiet():
             self.oto.construct_subnet(out_dir=self.work_dir, save_full_group_sparse_model=False)
-        self.cut_change = relative_change(before, probe_outputs(model, self.probe))
+        after = probe_outputs(model, self.probe)
+        self.cut_change = relative_change(before, after)
+        self.out_change = relative_output_change(before, after)
         return model
 
     def describe(self) -> str:

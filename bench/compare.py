@@ -52,6 +52,7 @@ from _compare_cells import (  # noqa: E402
 from _compare_report import (  # noqa: E402
     COLUMNS,
     add_ratios,
+    cut_table,
     order_rows,
     per_run_table,
     plot_accuracy,
@@ -59,6 +60,7 @@ from _compare_report import (  # noqa: E402
     plot_widths,
     results_table,
     summarize,
+    widths_table,
 )
 
 from autotrainonce import models  # noqa: E402
@@ -222,12 +224,24 @@ invocation**. Latency: median CPU forward time, compact and dense measured alter
 output change on 64 test images > 1e-3 at some cut) so that the method relies on training after the cut to
 recover; "no" when the removed channels were already zero (the cut is exact). Every method trains for the
 same epochs in total either way: nothing is trained beyond the budget. With several seeds: mean ± sample
-standard deviation."""
+standard deviation.
+
+*At the cut*: *out Δ L2* is ||after − before|| / ||before|| of the outputs on the same 64 test images
+(`autotrainonce.measure.relative_output_change`, the definition of the pruners' own `output_change`), the
+largest over a method's removals; *out Δ max* is the per-run *cut Δ* (max |after − before| / max |before|).
+ATO only, from `AutoTrainOnce.freeze_report` (docs/ato.md): *draw ≠ frozen* is the Hamming distance between
+the last mask the proximal step shrank (the latest draw) and the frozen mask, as a share of the prunable
+channels (count in brackets), split into *shrunk but kept* (dropped by the draw, kept at the freeze) and *cut
+but never shrunk* (kept by the draw, dropped at the freeze); *kept ≈ 0* counts the channels the frozen mask
+keeps whose norm (all parameter members) is at most 1e-3 × the median kept-channel norm of their group, just
+before the freeze (exactly zero in brackets). *Kept widths*: kept fraction of each prunable conv's output
+channels in the compact model (averaged over seeds), as in kept_channels.png."""
 
 
 def render(args: argparse.Namespace, env: dict[str, Any], rows: list[dict[str, Any]], done: bool) -> str:
-    """results.md: the table, the per-run settings and errors, the notes and the environment."""
+    """results.md: the tables (results, at the cut, per run, kept widths), the notes and the environment."""
     summary = summarize(rows, args.model_list)
+    target = _widths_target(args)
     parts = [
         f"# Pruning methods side by side on {args.data}" + ("" if done else " (partial)"),
         "",
@@ -238,9 +252,17 @@ def render(args: argparse.Namespace, env: dict[str, Any], rows: list[dict[str, A
         "",
         results_table(summary),
         "",
+        "At the cut:",
+        "",
+        cut_table(summary),
+        "",
         "Per run:",
         "",
         per_run_table(rows),
+        "",
+        f"Kept widths at {target:g}% MACs removed:" if target is not None else "",
+        "",
+        widths_table(summary, args.model_list, target),
         "",
         NOTES,
         "",
@@ -249,6 +271,11 @@ def render(args: argparse.Namespace, env: dict[str, Any], rows: list[dict[str, A
         *[f"- {k}: `{v}`" for k, v in env.items()],
     ]
     return "\n".join(parts) + "\n"
+
+
+def _widths_target(args: argparse.Namespace) -> float | None:
+    """The requested target (percent) closest to 50%: the one of the widths table and kept_channels.png."""
+    return plot_target([100.0 * t for t in args.target_list])
 
 
 def save(args: argparse.Namespace, env: dict[str, Any], rows: list[dict[str, Any]], done: bool) -> str:
@@ -267,8 +294,7 @@ def save(args: argparse.Namespace, env: dict[str, Any], rows: list[dict[str, Any
     })  # fmt: skip
     if done:
         plot_accuracy(summary, args.model_list, out / PLOTS[0])
-        target = plot_target([100.0 * t for t in args.target_list])
-        plot_widths(summary, args.model_list, target, out / PLOTS[1])
+        plot_widths(summary, args.model_list, _widths_target(args), out / PLOTS[1])
     return text
 
 

@@ -76,12 +76,22 @@ def test_quick_run_writes_every_output(quick, cells):
     assert result["complete"] is True and len(result["summary"]) == len(cells.METHODS)
     md = (out / "results.md").read_text()
     assert "fine-tuning needed" in md and "| resnet20 | dense |" in md
+    assert "At the cut:" in md and "draw ≠ frozen" in md and "Kept widths at 50% MACs removed:" in md
+    # the instrument columns are in the CSV and hold numbers where they apply
+    for col in ("cut_change_l2", "freeze_hamming_frac", "freeze_kept_near_zero", "freeze_kept_zero"):
+        assert col in rows[0], col
+    for r in rows:
+        if r["method"] in ("ato", "ato-freeze"):
+            assert 0.0 <= float(r["freeze_hamming_frac"]) <= 1.0 and float(r["freeze_kept_near_zero"]) >= 0
+            assert math.isfinite(float(r["cut_change_l2"]))
+        elif r["method"] == "l1-oneshot":
+            assert float(r["cut_change_l2"]) >= 0 and r["freeze_hamming_frac"] == ""  # no freeze report
     assert result["environment"]["torch"] and "--quick" in result["environment"]["command"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["dense", "ato", "ato-freeze", "torch-pruning", "oto-hesso", "l1-oneshot"])
-def test_quick_run_gives_a_valid_compact_model(quick, peers, method):
+def test_quick_run_gives_a_valid_compact_model(quick, peers, cells, method):
     missing = peers.missing_peer(method)
     if missing:
         pytest.skip(missing)  # names the package, e.g. "torch-pruning==1.6.1 is not installed ..."
@@ -98,6 +108,16 @@ def test_quick_run_gives_a_valid_compact_model(quick, peers, method):
         assert row["compact_params"] < row["dense_params"]
         assert row["finetune"] in ("yes", "no")
         assert math.isfinite(row["cut_change"])
+        assert isinstance(row["cut_change_l2"], float) and 0 <= row["cut_change_l2"] < math.inf
+    if method in ("ato", "ato-freeze"):  # the freeze report of the pruner, as numbers
+        report = row["freeze_report"]
+        assert report["step"] > 0 and report["channels"] > report["dropped"] > 0
+        assert row["freeze_hamming"] == report["hamming"] == report["shrunk_kept"] + report["cut_unshrunk"]
+        assert 0 <= row["freeze_hamming_frac"] <= 1 and 0 <= row["freeze_kept_near_zero_frac"] <= 1
+        assert 0 <= row["freeze_kept_zero"] <= row["freeze_kept_near_zero"] <= report["channels"] - report["dropped"]
+        assert all(isinstance(row[f"freeze_{k}"], (int, float)) for k in cells.FREEZE_KEYS)
+    elif method != "dense":
+        assert not any(k.startswith("freeze_") for k in row)  # only ATO has a freeze
         for col in ("epoch_ratio", "run_ratio", "lat1_ratio", "lat64_ratio"):
             assert row[col] is not None and math.isfinite(row[col]), col  # measured, values not checked
     compact = torch.load(row["compact_path"], weights_only=False).eval()
@@ -188,6 +208,27 @@ def test_ratios_summary_and_table(report):
     assert "failed: 0" in table
     per_run = report.per_run_table(rows)
     assert per_run.count("\n") == len(rows) + 1
+
+
+def test_cut_and_widths_tables(report):
+    freeze = {"freeze_hamming": 4.0, "freeze_hamming_frac": 0.1, "freeze_shrunk_kept": 3.0, "freeze_cut_unshrunk": 1.0,
+              "freeze_kept_near_zero": 2.0, "freeze_kept_zero": 1.0}  # fmt: skip
+    rows = [_row("dense", 0.0, 0, 90.0, 10.0),
+            _row("ato", 50.0, 0, 88.0, 10.0, cut_change=0.5, cut_change_l2=0.25, widths={"a": 0.5, "b": 0.25}, **freeze),
+            _row("ato", 50.0, 1, 88.0, 10.0, cut_change=0.7, cut_change_l2=0.35, widths={"a": 0.7, "b": 0.25},
+                 **(freeze | {"freeze_hamming_frac": 0.3})),
+            _row("l1-oneshot", 50.0, 0, 87.0, 10.0, cut_change=0.2, cut_change_l2=1e-2, prunable_layers=["a"])]  # fmt: skip
+    summary = report.summarize(rows, ["resnet20"])
+    cut = report.cut_table(summary).splitlines()
+    assert len(cut) == 4 and "dense" not in "".join(cut)  # header, rule, ato, l1
+    assert cut[2].startswith("| resnet20 | ato | 50% | 3.0e-01 ± 7.1e-02 | 6.0e-01 ± 1.4e-01 | 20.0 ± 14.1% (4.0 ± 0.0) |")
+    assert "| 3.0 ± 0.0 | 1.0 ± 0.0 | 2.0 ± 0.0 (1.0 ± 0.0) |" in cut[2]
+    assert cut[3] == "| resnet20 | l1-oneshot | 50% | 1.0e-02 | 2.0e-01 | — | — | — | — | 0 |"
+    widths = report.widths_table(summary, ["resnet20"], 50.0).splitlines()
+    # prunable layers only (l1's list), the seeds' mean per method
+    assert widths[0] == "| model | layer (kept fraction at 50%) | ato | l1-oneshot |"
+    assert widths[2:] == ["| resnet20 | a | 0.60 | 1.00 |"]
+    assert "no completed" in report.widths_table(summary, ["resnet20"], 30.0)
 
 
 def test_plots_are_written(report, tmp_path):

@@ -7,6 +7,7 @@ on a held-out batch, resamples the proximal mask, applies the guided proximal st
 
 from __future__ import annotations
 
+import logging
 import operator
 import warnings
 import weakref
@@ -20,21 +21,30 @@ from torch import nn
 
 from ..core.pruner import Pruner
 from ..errors import CheckpointError, ConfigError, SurgeryError
+from ..measure import eval_outputs, relative_output_change
 from ..space.model_checks import check_model
 from ..space.surgery import exact_math, in_place_blocker
 from ._utils import EvalMode, HoldoutStream, Masks, call_model, device_of, output_tensors, to_device
 from .config import AtoConfig
 from .controller import Controller
+from .instruments import freeze_report
 from .proximal import GroupProximal
 from .resource import Target, calibrated_masks, resolve_target, resource_loss
 from .schedule import Schedule
 
 __all__ = ["AutoTrainOnce"]
 
+log = logging.getLogger(__name__)
+
 
 def _world_size() -> int:
     """Processes of the default process group (1 when there is none)."""
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _is_rank0() -> bool:
+    """Whether this process logs for the run (rank 0, or the only process)."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def _seek_holdout(stream: HoldoutStream, drawn: int) -> None:
@@ -99,6 +109,7 @@ class AutoTrainOnce(Pruner):
     """
 
     name = "ato"
+    uses_holdout = True
 
     def __init__(
         self,
@@ -157,6 +168,7 @@ class AutoTrainOnce(Pruner):
         self.criterion = criterion or F.cross_entropy
         self.global_step = 0
         self.frozen = False
+        self.decided = False  # variant="decide": the mask is fixed (from decide_at) and ramping to zero
         self.cut = False  # surgery="freeze": self.model is the physically pruned network
         self.cut_report: dict[str, float] = {}
         #: set by owners (the Trainer callback) that rebuild their DDP wrapper themselves after a cut
@@ -168,6 +180,8 @@ class AutoTrainOnce(Pruner):
         self._ranks_synced = False  # controller broadcast from rank 0 done (distributed runs)
         self.last: dict[str, float] = {}  # losses of the latest controller step
         self.export_report: dict[str, float] = {}
+        #: measured once at the freeze (draw vs frozen mask, near-zero kept channels, output change), see freeze()
+        self.freeze_report: dict[str, float] = {}
 
     def set_steps_per_epoch(self, steps_per_epoch: int) -> None:
         """Resample the proximal mask once per epoch of ``steps_per_epoch`` (unless mask_interval is set)."""
@@ -223,7 +237,7 @@ class AutoTrainOnce(Pruner):
         when the plain threshold misses it by more than the dead zone (the noisy draws the controller was
         trained on sit on the target; their noiseless mean need not).
         """
-        if self.frozen or self.controller is None:
+        if self.frozen or self.decided or self.controller is None:
             assert self.mask is not None, "no controller and no mask"
             return self.mask
         if not self.config.calibrate_freeze:
@@ -232,21 +246,54 @@ class AutoTrainOnce(Pruner):
         scores = [s.cpu() for s in self.controller.scores()]
         return calibrated_masks(scores, self._kept_fraction, self.budget.p, cfg.dead_zone, cfg.min_channels)
 
+    def decide(self) -> None:
+        """variant="decide": fix the mask now to :meth:`final_mask` and stop the controller; from the next step
+        the dropped channels ramp to exactly zero at ``freeze_at``, where the freeze cuts this very mask."""
+        if self.decided or self.frozen:
+            return
+        self._set_mask(self._agree(self.final_mask()))
+        self.decided = True
+        if _is_rank0():
+            flops, params = self._removed(self.mask)
+            log.info(
+                "ATO: mask decided at step %d (removes %.1f%% MACs, %.1f%% params); ramping its dropped channels "
+                "to zero until the freeze at step %d", self.global_step, 100 * flops, 100 * params,
+                self.schedule.freeze_at,
+            )
+
     def freeze(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Fix the mask to the controller's deterministic choice (noiseless logits) and stop the controller.
 
         With ``zero_at_freeze`` the dropped channels are set exactly to zero here, so the rest of training
-        already runs the sub-network that export() will cut out.
+        already runs the sub-network that export() will cut out. :attr:`freeze_report` records how the frozen
+        mask relates to what the proximal step was shrinking, and how far the freeze moved the outputs.
         """
         if self.frozen:
             return
+        prox = self._prox()
+        draw = self.mask  # the latest draw: the channels the proximal step has been shrinking
+        # Norms and outputs before the freeze zeroes or cuts anything: the state the decision is taken on.
+        norms = [n if slots else None for n, slots in zip(prox.channel_norms(), prox.slots)]
+        inputs = to_device(self.example_inputs, device_of(self.model))
+        before = eval_outputs(self.model, inputs)
         self._set_mask(self._agree(self.final_mask()))
         self.frozen = True
         if self.config.zero_at_freeze:
             opt = optimizer if self.config.reset_optimizer_state else None
-            self.last["zeroed_at_freeze_max_norm"] = self._prox().hard_zero(opt)
+            self.last["zeroed_at_freeze_max_norm"] = prox.hard_zero(opt)
         if self.config.surgery == "freeze":
             self._cut(optimizer)
+        change = relative_output_change(before, eval_outputs(self.model, inputs))
+        assert self.mask is not None
+        self.freeze_report = r = freeze_report(self.global_step, draw, self.mask, norms, change)
+        if _is_rank0():
+            log.info(
+                "ATO: mask frozen at step %d: it differs from the last shrunk draw on %d of %d channels (%.1f%%: "
+                "%d shrunk but kept, %d cut but never shrunk); %d kept channels already near zero (%d exactly); "
+                "relative output change at the %s %.3g",
+                self.global_step, r["hamming"], r["channels"], 100 * r["hamming_frac"], r["shrunk_kept"],
+                r["cut_unshrunk"], r["kept_near_zero"], r["kept_zero"], "cut" if self.cut else "freeze", change,
+            )  # fmt: skip
 
     def _cut(self, optimizer: torch.optim.Optimizer | None, check: bool = True) -> None:
         """Cut the network physically to the frozen mask (surgery="freeze"), in place.
@@ -410,6 +457,8 @@ class AutoTrainOnce(Pruner):
             return False
         if not self._ranks_synced:
             self._broadcast_controller()
+        if self.config.variant == "decide":
+            return self._step_decide(optimizer, batch)
         if not self.frozen and t >= s.freeze_at:
             self.freeze(optimizer)
             if self.cut:
@@ -432,6 +481,40 @@ class AutoTrainOnce(Pruner):
             self._prox().step(s.lam(t), lr, opt)
         return False
 
+    def _step_decide(self, optimizer: torch.optim.Optimizer, batch: Any) -> bool:
+        """variant="decide": search without shrinking, decide, ramp the decided channels to 0, freeze and cut.
+
+        No proximal step touches the weights before the decision, so no channel is weakened by a draw that the
+        decision may overturn; the ramp is a pure multiplier (no lambda, no lr), so it means the same under any
+        optimizer, learning rate and run length.
+        """
+        t, s = self.global_step, self.schedule
+        assert s.decide_at is not None
+        opt = optimizer if self.config.reset_optimizer_state else None
+        if not self.decided and not self.frozen:
+            if s.controller_active(t) and t < s.decide_at:
+                if not self.lr_decayed and t >= s.controller_lr_decay:
+                    assert self.controller_optimizer is not None
+                    for group in self.controller_optimizer.param_groups:
+                        group["lr"] *= self.config.lr_decay_factor
+                    self.lr_decayed = True
+                if s.controller_step_due(t):
+                    self._controller_step(batch)
+            if t >= s.decide_at:
+                self.decide()
+        if self.decided and not self.frozen:
+            factor = s.ramp_factor(t)
+            if factor < 1.0:
+                # at t = freeze_at the factor is 0: the channels the freeze cuts are exactly zero before it looks
+                self._prox().scale_dropped(factor, opt)
+        if not self.frozen and t >= s.freeze_at:
+            self.freeze(optimizer)
+            return self.cut
+        if self.frozen and not self.cut:
+            # surgery="end": keep the cut channels at exactly zero for the rest of training
+            self._prox().scale_dropped(0.0, opt)
+        return False
+
     # ----------------------------------------------------------------------------------------- reporting
     def _removed(self, keep: list[torch.Tensor] | None) -> tuple[float, float]:
         masks = None if keep is None else self._full(keep)
@@ -445,7 +528,10 @@ class AutoTrainOnce(Pruner):
         flops, params = self._removed(self.mask)
         out = {
             "ato/frozen": float(self.frozen),
-            "ato/lambda": self.schedule.lam(t) if self.schedule.proximal_active(t) else 0.0,
+            "ato/lambda": self.schedule.lam(t)
+            if self.config.variant == "paper" and self.schedule.proximal_active(t)
+            else 0.0,
+            "ato/decided": float(self.decided or self.frozen),
             "ato/target_removed": float(self.target.remove),
             "ato/flops_removed": flops,
             "ato/params_removed": params,
@@ -469,6 +555,8 @@ class AutoTrainOnce(Pruner):
         out["ato/max_dropped_norm"] = worst
         for key in ("task_loss", "resource_loss", "kept_fraction"):
             out[f"ato/{key}"] = self.last.get(key, float("nan"))
+        for key, value in self.freeze_report.items():  # from the freeze on
+            out[f"ato/freeze_{key}"] = float(value)
         return out
 
     def mask_summary(self) -> dict[str, Any]:
@@ -563,6 +651,7 @@ class AutoTrainOnce(Pruner):
             "global_step": self.global_step,
             "total_steps": self.schedule.total_steps,
             "frozen": self.frozen,
+            "decided": self.decided,
             "cut": self.cut,
             "lr_decayed": self.lr_decayed,
             "controller": None if self.controller is None else self.controller.state_dict(),
@@ -573,6 +662,7 @@ class AutoTrainOnce(Pruner):
             "mask": None if self.mask is None else [m.clone() for m in self.mask],
             "holdout_drawn": 0 if self.holdout is None else self.holdout.drawn,
             "last": dict(self.last),
+            "freeze_report": dict(self.freeze_report),
         }
 
     def load_state_dict(self, state: dict[str, Any], optimizer: torch.optim.Optimizer | None = None) -> None:
@@ -609,12 +699,15 @@ class AutoTrainOnce(Pruner):
         self.generator.set_state(state["generator"])
         self.global_step = int(state["global_step"])
         self.frozen = bool(state["frozen"])
+        self.decided = bool(state.get("decided", False))  # absent in states written before the variants
         self.lr_decayed = bool(state["lr_decayed"])
         if state["mask"] is not None:
             self._set_mask([torch.as_tensor(m) for m in state["mask"]])
         else:
             self.mask = None
         self.last = {str(k): float(v) for k, v in state["last"].items()}
+        # states written before the freeze report existed have none (same version: the key is optional)
+        self.freeze_report = {str(k): float(v) for k, v in (state.get("freeze_report") or {}).items()}
         if state.get("cut") and not self.cut:
             # Rebuild the compact architecture; its weights come from the caller's model checkpoint.
             self._cut(optimizer, check=False)

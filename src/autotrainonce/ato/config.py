@@ -12,7 +12,12 @@ from ..errors import ConfigError
 from .resource import RESOURCE_LOSSES
 from .schedule import Point, ScheduleConfig
 
-__all__ = ["AtoConfig"]
+__all__ = ["AtoConfig", "VARIANTS", "DECIDE_AT"]
+
+VARIANTS = ("paper", "decide")
+#: default decision point of variant="decide" (fraction of training): 0.25 of the run searches (from
+#: controller_start 0.10), 0.16 ramps the dropped channels down before the freeze at 0.51
+DECIDE_AT = 0.35
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,11 @@ class AtoConfig:
     mask_interval: Point | None = None
     lambda_low: float = 10.0
     lambda_high: float = 1000.0
+    # "paper": the proximal step shrinks each noisy draw's dropped channels, the freeze cuts the deterministic
+    # mask (the paper's algorithm). "decide": no shrinking during the search; at decide_at the mask is fixed to
+    # the deterministic calibrated choice and only its dropped channels ramp to exactly zero at freeze_at.
+    variant: str = "paper"
+    decide_at: Point | None = None  # variant="decide" only; None: DECIDE_AT
     # exactness and reproducibility
     reset_optimizer_state: bool = True
     zero_at_freeze: bool = True
@@ -63,6 +73,13 @@ class AtoConfig:
             raise ConfigError(f"surgery={self.surgery!r}; choose 'end' or 'freeze'")
         if not 0 <= self.dead_zone < 1:
             raise ConfigError(f"dead_zone must be in [0, 1), got {self.dead_zone}")
+        if self.variant not in VARIANTS:
+            raise ConfigError(f"variant={self.variant!r}; choose one of {', '.join(map(repr, VARIANTS))}")
+        if self.variant == "paper" and self.decide_at is not None:
+            raise ConfigError(
+                f"decide_at={self.decide_at!r} only applies to variant='decide' (the paper variant never fixes the "
+                "mask before freeze_at); drop decide_at or set variant='decide'"
+            )
 
     @classmethod
     def from_options(cls, options: dict[str, Any] | None = None) -> AtoConfig:
@@ -88,7 +105,10 @@ class AtoConfig:
     def schedule(self) -> ScheduleConfig:
         """The schedule part of the options."""
         names = {f.name for f in fields(ScheduleConfig)}
-        return ScheduleConfig(**{n: getattr(self, n) for n in names})
+        values = {n: getattr(self, n) for n in names}
+        if self.variant == "decide" and self.decide_at is None:
+            values["decide_at"] = DECIDE_AT
+        return ScheduleConfig(**values)
 
 
 def _fits(value: Any, tp: Any) -> bool:

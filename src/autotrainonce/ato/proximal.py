@@ -157,6 +157,33 @@ class GroupProximal:
         return worst
 
     @torch.no_grad()
+    def scale_dropped(self, factor: float, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Multiply every dropped channel's whole group slice by ``factor`` (variant="decide"'s ramp).
+
+        With an ``optimizer``, the channels' first-moment buffers are scaled alike, so momentum gathered at full
+        strength does not push a channel back up against the ramp, and a factor of 0 clears it as
+        :meth:`step`'s reset does. Needs no norms: the cost is one multiply per member.
+        """
+        if self._keep is None:
+            raise RuntimeError("GroupProximal.scale_dropped before set_mask")
+        for i, d in enumerate(self._dropped):
+            if not d or not self.slots[i]:
+                continue
+            scale = None
+            for s in self.slots[i]:
+                w = s.param
+                if scale is None or scale.device != w.device:
+                    drop = self._drop(i, w.device)
+                    scale = torch.where(drop, torch.full_like(drop, factor, dtype=torch.float32), 1.0)
+                f = s.factor(scale)
+                w.mul_(f)
+                state = optimizer.state.get(w) if optimizer is not None else None
+                for key in _MOMENTUM_KEYS if state else ():
+                    buf = state.get(key)
+                    if isinstance(buf, torch.Tensor) and buf.shape == w.shape:
+                        buf.mul_(f.to(device=buf.device, dtype=buf.dtype))
+
+    @torch.no_grad()
     def count_zero(self) -> tuple[int, int, float]:
         """``(dropped, exactly_zero, max_norm)`` over the channels the current mask drops."""
         if self._keep is None:

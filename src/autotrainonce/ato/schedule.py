@@ -40,6 +40,8 @@ class ScheduleConfig:
     mask_interval: Point | None = None  # resample the proximal mask; None: every epoch (or 1% of training)
     lambda_low: float = 10.0
     lambda_high: float = 1000.0
+    # variant="decide" only: the mask is decided here and its dropped channels ramp to zero until freeze_at
+    decide_at: Point | None = None
 
 
 def _resolve(name: str, value: Point, total: int) -> int:
@@ -71,6 +73,7 @@ class Schedule:
     mask_interval: int
     lambda_low: float
     lambda_high: float
+    decide_at: int | None = None  # variant="decide": the step at which the mask is decided
 
     @classmethod
     def build(cls, cfg: ScheduleConfig, total_steps: int, steps_per_epoch: int | None = None) -> Schedule:
@@ -98,12 +101,20 @@ class Schedule:
             )
         if cfg.lambda_low < 0 or cfg.lambda_high < 0:
             raise ConfigError("lambda_low and lambda_high must be >= 0")
+        decide = None if cfg.decide_at is None else _resolve("decide_at", cfg.decide_at, total_steps)
+        if decide is not None and not pts["controller_start"] < decide < pts["freeze_at"]:
+            # the controller needs at least one step before the decision, and the ramp at least one step after it
+            raise ConfigError(
+                f"decide_at must fall strictly between controller_start and freeze_at: controller_start="
+                f"{pts['controller_start']}, decide_at={decide}, freeze_at={pts['freeze_at']} steps (of {total_steps})"
+            )
         return cls(
             total_steps=total_steps,
             hyper_step=cfg.hyper_step,
             mask_interval=max(1, int(interval)),
             lambda_low=float(cfg.lambda_low),
             lambda_high=float(cfg.lambda_high),
+            decide_at=decide,
             **pts,
         )
 
@@ -123,6 +134,19 @@ class Schedule:
         start = min(self.controller_start, self.proximal_start)
         return t < self.freeze_at and t >= start and (t - start) % self.mask_interval == 0
 
+    def ramp_factor(self, t: int) -> float:
+        """variant="decide": the multiplier of the dropped channels at step ``t`` (1 before/at the decision).
+
+        ``(freeze_at - t) / (freeze_at - t + 1)`` telescopes: after step ``t`` a dropped channel holds
+        ``(freeze_at - t) / (freeze_at - decide_at)`` of its weight at the decision (ignoring the gradient),
+        and the factor at ``t = freeze_at`` is exactly 0, whatever the optimizer, lr or run length.
+        """
+        if self.decide_at is None or t <= self.decide_at:
+            return 1.0
+        if t >= self.freeze_at:
+            return 0.0
+        return (self.freeze_at - t) / (self.freeze_at - t + 1)
+
     def lam(self, t: int) -> float:
         return self.lambda_high if t >= self.lambda_switch else self.lambda_low
 
@@ -138,6 +162,12 @@ class Schedule:
 
     def describe(self) -> str:
         """One line per boundary, in steps."""
+        if self.decide_at is not None:
+            return (
+                f"controller {self.controller_start}..{self.decide_at} every {self.hyper_step} steps, mask "
+                f"decided at {self.decide_at}, its dropped channels ramp linearly to exactly 0 at the freeze "
+                f"{self.freeze_at} of {self.total_steps}, controller lr decay at {self.controller_lr_decay}"
+            )
         return (
             f"controller {self.controller_start}..{self.freeze_at} every {self.hyper_step} steps, "
             f"proximal from {self.proximal_start} (lambda {self.lambda_low:g} -> {self.lambda_high:g} at "

@@ -24,6 +24,7 @@ from torch import nn
 
 from ..core.pruner import Pruner
 from ..errors import ConfigError
+from ..measure import eval_outputs, relative_output_change
 from ..space import PruningSpace, discover
 from ..space.model_checks import check_model
 from ..space.targets import Target, resolve_target
@@ -200,21 +201,9 @@ class MagnitudePruner(Pruner):
                         if isinstance(buf, torch.Tensor) and buf.shape == t.shape:
                             buf.index_fill_(mem.dim, drop, 0.0)
 
-    def _output(self) -> list[torch.Tensor]:
-        inputs = self.example_inputs if isinstance(self.example_inputs, tuple) else (self.example_inputs,)
-        dev = next(self.model.parameters()).device
-        training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                out = self.model(*[t.to(dev) if isinstance(t, torch.Tensor) else t for t in inputs])
-        finally:
-            self.model.train(training)
-        return [out] if isinstance(out, torch.Tensor) else [o for o in out if isinstance(o, torch.Tensor)]
-
     def _cut(self, optimizer: torch.optim.Optimizer | None, check: bool = True) -> None:
         assert self.mask is not None
-        before = self._output() if check else None
+        before = eval_outputs(self.model, self.example_inputs) if check else None
         self.cut_report = {
             "step": self.global_step,
             "macs_before": self.space.flops(None),
@@ -224,10 +213,8 @@ class MagnitudePruner(Pruner):
         }
         self.space.prune_(self.model, self.mask, check=check, optimizer=optimizer, report=self.cut_report)
         if before is not None:  # how far the cut moved the trained network (a one-shot cut is not free)
-            after = self._output()
-            num = sum(float((a - b).float().pow(2).sum()) for a, b in zip(after, before))
-            den = sum(float(b.float().pow(2).sum()) for b in before)
-            self.cut_report["output_change"] = (num / den) ** 0.5 if den > 0 else 0.0
+            after = eval_outputs(self.model, self.example_inputs)
+            self.cut_report["output_change"] = relative_output_change(before, after)
         self.cut = True
         if torch.distributed.is_available() and torch.distributed.is_initialized() and not self.owner_rebuilds_wrappers:
             warnings.warn(

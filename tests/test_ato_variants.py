@@ -1,0 +1,203 @@
+"""ATO's variants (issue 15): ``variant="paper"`` is the unchanged algorithm; ``variant="decide"`` searches without
+shrinking, fixes the mask at ``decide_at`` and ramps exactly that mask's dropped channels to zero at the freeze."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from ato_nets import EX, Net, digits
+from autotrainonce.ato import AutoTrainOnce, Flops, GroupProximal, Params, Schedule, ScheduleConfig
+from autotrainonce.ato.config import DECIDE_AT, AtoConfig
+from autotrainonce.errors import ConfigError
+from test_proximal import Chain, groups
+
+# A 40-step run as in test_ato.py: controller from step 3 every 2 steps, freeze at 30; "decide" decides at 15.
+PAPER = dict(controller_start=3, hyper_step=2, proximal_start=6, lambda_switch=24, freeze_at=30,
+             mask_interval=5, controller_lr=1e-2, surgery="end")  # fmt: skip
+DECIDE = dict(variant="decide", controller_start=3, hyper_step=2, decide_at=15, freeze_at=30, controller_lr=1e-2)
+
+
+def _batches(n: int = 40) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    x, y = digits()
+    return [(x[i * 16 : (i + 1) * 16], y[i * 16 : (i + 1) * 16]) for i in range(n)]
+
+
+def _setup(target=None, opt_name: str = "sgd", **options):
+    torch.manual_seed(1)
+    model = Net(8)
+    if opt_name == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    x, y = digits()
+    holdout = DataLoader(TensorDataset(x[1400:1600], y[1400:1600]), batch_size=50)
+    pruner = AutoTrainOnce(model, EX, target or Params(0.4), holdout=holdout, total_steps=40, **options)
+    return model, opt, pruner
+
+
+def _one_step(model, opt, pruner, xb, yb) -> bool:
+    opt.zero_grad()
+    F.cross_entropy(model(xb), yb).backward()
+    opt.step()
+    return False if pruner is None else pruner.step(opt)
+
+
+def _roundtrip(obj):
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+def _weight_sum(model) -> float:
+    return sum(float(v.double().abs().sum()) for v in model.state_dict().values() if v.is_floating_point())
+
+
+# ---------------------------------------------------------------------------------------------- options
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        (dict(variant="bogus"), r"variant='bogus'; choose one of 'paper', 'decide'"),
+        (dict(decide_at=0.3), r"decide_at=0\.3 only applies to variant='decide'"),
+        (dict(variant="decide", decide_at=1.5), r"decide_at=1\.5.*fraction of training"),
+        (dict(variant="decide", decide_at="half"), r"decide_at='half' has the wrong type"),
+        (dict(variant="decide", decide_at=0.6), r"decide_at must fall strictly between.*decide_at=60.*freeze_at=51"),
+        (dict(variant="decide", decide_at=10), r"strictly between controller_start and freeze_at.*controller_start=10"),
+        (dict(variant="decide", decide_at=-1), r"decide_at=-1 must be >= 0"),
+    ],
+)
+def test_bad_variant_options_raise_config_errors(options, match):
+    with pytest.raises(ConfigError, match=match):
+        AutoTrainOnce(Net(4), EX, Flops(0.5), total_steps=100, **options)
+
+
+def test_decide_at_defaults_to_a_fraction_of_the_run():
+    for total in (100, 1000):
+        s = Schedule.build(AtoConfig(variant="decide").schedule(), total)
+        assert s.decide_at == round(DECIDE_AT * total) and s.controller_start < s.decide_at < s.freeze_at
+    assert Schedule.build(AtoConfig().schedule(), 100).decide_at is None  # the paper never decides early
+
+
+def test_ramp_telescopes_to_exactly_zero_at_the_freeze():
+    s = Schedule.build(ScheduleConfig(controller_start=3, decide_at=15, freeze_at=30), 40)
+    left = 1.0
+    for t in range(1, 41):
+        left *= s.ramp_factor(t)
+        if t <= 15:
+            assert left == 1.0  # nothing before or at the decision
+        elif t < 30:
+            assert left == pytest.approx((30 - t) / 15)  # linear in steps, whatever lr or optimizer
+    assert s.ramp_factor(30) == 0.0 and left == 0.0
+
+
+def test_scale_dropped_scales_weights_and_first_moments_only_of_dropped_channels():
+    torch.manual_seed(0)
+    model = Chain()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(4, 1, 3, 3)).sum().backward()
+    opt.step()
+    prox = GroupProximal(model, groups())
+    prox.set_mask([torch.tensor([True, False]), torch.tensor([True, True])])
+    w0 = model.c1.weight.detach().clone()
+    m0 = opt.state[model.c1.weight]["momentum_buffer"].clone()
+    prox.scale_dropped(0.5, opt)
+    assert torch.equal(model.c1.weight[0], w0[0]) and torch.allclose(model.c1.weight[1], 0.5 * w0[1])
+    assert torch.allclose(opt.state[model.c1.weight]["momentum_buffer"][1], 0.5 * m0[1])
+    prox.scale_dropped(0.0, opt)
+    dropped, zero, worst = prox.count_zero()
+    assert (dropped, zero, worst) == (1, 1, 0.0)
+    assert float(opt.state[model.c1.weight]["momentum_buffer"][1].abs().sum()) == 0.0
+    assert torch.equal(opt.state[model.c1.weight]["momentum_buffer"][0], m0[0])
+
+
+# ---------------------------------------------------------------------------------------------- paper
+# Measured with the code before the variants existed (same run, same seed): the paper variant must not move.
+PAPER_MASK = [[1, 1, 0, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 0, 0],
+              [1, 1, 1, 0, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1]]  # fmt: skip
+PAPER_WEIGHT_SUM = 68.57617002067127
+
+
+@pytest.mark.parametrize("explicit", [False, True])
+def test_paper_variant_reproduces_the_unchanged_algorithm(explicit):
+    model, opt, pruner = _setup(**PAPER, **(dict(variant="paper") if explicit else {}))
+    for xb, yb in _batches():
+        _one_step(model, opt, pruner, xb, yb)
+    assert [m.int().tolist() for m in pruner.mask] == PAPER_MASK
+    assert _weight_sum(model) == pytest.approx(PAPER_WEIGHT_SUM, rel=1e-6)
+    r = pruner.freeze_report
+    assert (r["hamming"], r["dropped"], r["kept_zero"]) == (9.0, 8.0, 10.0)  # hypothesis 1 of issue 15, in small
+
+
+# ---------------------------------------------------------------------------------------------- decide
+@pytest.mark.parametrize("opt_name", ["sgd", "adamw"])
+def test_decide_shrinks_exactly_the_mask_it_cuts(opt_name):
+    target = Flops(0.5)
+    model, opt, pruner = _setup(target, opt_name, surgery="end", **DECIDE)
+    plain, plain_opt, _ = _setup(target, opt_name, surgery="end", **DECIDE)  # same init, trained without ATO
+    decided = None
+    for t, (xb, yb) in enumerate(_batches(), start=1):
+        _one_step(model, opt, pruner, xb, yb)
+        if t <= 15:
+            _one_step(plain, plain_opt, None, xb, yb)
+        dropped, zero, worst = pruner.proximal.count_zero()
+        if t < 15:
+            assert not pruner.decided and pruner.mask is None  # searching: nothing is shrunk
+        if t == 15:
+            # up to the decision the model trains exactly as without ATO: no channel was weakened by a draw
+            for (k, a), b in zip(model.state_dict().items(), plain.state_dict().values()):
+                assert torch.equal(a, b), k
+            assert pruner.decided and not pruner.frozen and dropped > 0
+            decided = [m.clone() for m in pruner.mask]
+        if 15 <= t < 30:
+            assert zero == 0 and worst > 0  # shrinking, but no dropped channel is exactly zero before the freeze
+        if t >= 30:
+            assert pruner.frozen and zero == dropped and worst == 0.0  # exactly zero at the freeze, and after
+    assert all(torch.equal(a, b) for a, b in zip(decided, pruner.mask))
+    r = pruner.freeze_report
+    assert r["step"] == 30 and r["hamming"] == 0.0 and r["dropped"] == dropped
+    assert r["output_change"] <= 1e-6
+    assert abs(pruner.metrics()["ato/flops_removed"] - 0.5) <= 0.03
+    compact = pruner.export()
+    assert pruner.export_report["max_abs_diff"] <= 1e-5
+    assert sum(p.numel() for p in compact.parameters()) < sum(p.numel() for p in model.parameters())
+
+
+def test_decide_cuts_at_the_freeze_without_a_jump():
+    model, opt, pruner = _setup(Flops(0.5), **DECIDE)  # surgery="freeze", the default
+    cut_at = None
+    for t, (xb, yb) in enumerate(_batches(), start=1):
+        if _one_step(model, opt, pruner, xb, yb):
+            cut_at = t
+    assert cut_at == 30 and pruner.cut
+    r = pruner.freeze_report
+    assert r["hamming"] == 0.0 and r["output_change"] <= 1e-6 and r["kept_zero"] == 0.0
+    assert abs(pruner.metrics()["ato/flops_removed"] - 0.5) <= 0.03
+    with torch.no_grad():
+        assert math.isfinite(float(model(EX).sum()))
+
+
+def test_decide_state_round_trip_mid_ramp_continues_identically():
+    batches = _batches()
+    ma, oa, pa = _setup(**DECIDE, surgery="end")
+    for xb, yb in batches:
+        _one_step(ma, oa, pa, xb, yb)
+    mb, ob, pb = _setup(**DECIDE, surgery="end")
+    for xb, yb in batches[:20]:
+        _one_step(mb, ob, pb, xb, yb)
+    saved = _roundtrip({"model": mb.state_dict(), "opt": ob.state_dict(), "ato": pb.state_dict()})
+    mc, oc, pc = _setup(**DECIDE, surgery="end")
+    mc.load_state_dict(saved["model"])
+    oc.load_state_dict(saved["opt"])
+    pc.load_state_dict(saved["ato"])
+    assert pc.decided and not pc.frozen
+    for xb, yb in batches[20:]:
+        _one_step(mc, oc, pc, xb, yb)
+    assert all(torch.equal(a, c) for a, c in zip(pa.mask, pc.mask))
+    for (k, va), vc in zip(ma.state_dict().items(), mc.state_dict().values()):
+        assert torch.equal(va, vc), k

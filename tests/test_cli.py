@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from autotrainonce import cli, data, export, pruners
+from autotrainonce import cli, data, export, models, pruners
 from autotrainonce.errors import DatasetError
 from autotrainonce.measure import count_params
 from autotrainonce.training import load_checkpoint, read_metrics
@@ -161,6 +161,7 @@ def test_prune_hook_gets_holdout_and_exports(capsys, tmp_path, monkeypatch):
         """A registered method that keeps everything (the run must still report and export)."""
 
         name = "fake"
+        uses_holdout = True
 
         def __init__(self, model, example_inputs, target, holdout, *, total_steps):
             seen.update(target=target, shape=tuple(example_inputs.shape), total=total_steps,
@@ -190,7 +191,7 @@ def test_prune_hook_gets_holdout_and_exports(capsys, tmp_path, monkeypatch):
     assert seen["target"].remove == 0.4 and seen["shape"] == (1, 1, 8, 8) and seen["total"] == 6
     assert seen["holdout"] == round(0.05 * 128)
     # The before/after table ends the output: the fake pruner's "compact" model is the dense one.
-    table = out[out.index("Results: before / after pruning") :]
+    table = out[out.index("Results: before / after the cut") :]
     for row in ("test top-1", "MACs", "parameters", "CPU latency, batch 1", "CPU latency, batch 64"):
         assert re.search(rf"^{row}\s+\S+.*\s+\S+", table, re.M), row
     assert re.search(r"^max \|masked - compact\|\s+n/a", table, re.M)  # no export_report from the fake
@@ -242,13 +243,22 @@ def test_demo_short(capsys, tmp_path):
         capsys, "demo", "--out-dir", str(tmp_path), "--max-steps-per-epoch", "5", "--device", "cpu"
     )
     assert code == 0, err
-    run_dir = tmp_path / "demo"
-    assert "Results: before / after pruning" in out and "CPU latency, batch 64" in out
-    assert out.rstrip().splitlines()[-1].startswith("max |masked - compact|")
+    run_dir, dense_dir = tmp_path / "demo", tmp_path / "demo-dense"
+    # the last table compares the compact model with the same network trained without pruning (run 1)
+    table = out[out.rindex("Results: dense training vs pruned while training") :]
+    header = table.splitlines()[2]
+    assert "dense, no pruning" in header and "compact" in header
+    dense = json.loads((dense_dir / "results.json").read_text())
+    pruned = json.loads((run_dir / "results.json").read_text())
+    assert f"{dense['dense']['test_top1']:.2f}%" in table.splitlines()[3]  # the reference's accuracy, not n/a
+    assert f"{pruned['compact']['test_top1']:.2f}%" in table.splitlines()[3]
+    for row in ("CPU latency, batch 64", "training time", "max |masked - compact|"):
+        assert row in table, row
+    assert "no fine-tuning" in out.rstrip().splitlines()[-1]
     assert (run_dir / "last.pt").exists() and (run_dir / "compact.pt").exists()
-    assert (run_dir / "results.json").exists()
     cfg = torch.load(run_dir / "last.pt", weights_only=True)["config"]
     assert cfg["run"]["epochs"] == cli.DEMO_CONFIG["run"]["epochs"] and cfg["prune"]["method"] == "ato"
+    assert torch.load(dense_dir / "last.pt", weights_only=True)["config"]["prune"]["method"] == "none"
 
 
 def test_train_ato_surgery_freeze_reports_no_dense_accuracy(capsys, tmp_path, monkeypatch):
@@ -284,3 +294,27 @@ def test_train_with_a_library_baseline_method(capsys, tmp_path, monkeypatch, met
     mask = json.loads((tmp_path / method / "mask.json").read_text())
     assert mask["method"] == method and mask["cut"]
     assert (tmp_path / method / "widths.png").is_file()
+
+
+def test_train_ato_cut_at_the_freeze_trains_the_compact_model_to_the_end(capsys, tmp_path, monkeypatch):
+    """`ato train` cuts in place at the freeze and the compact model keeps training: the checkpoints of the last
+    two epochs (both after the cut) hold compact weights that differ; `--surgery end` decides the same mask."""
+    monkeypatch.setattr(export, "onnx_available", lambda: False)
+    args = ("train", "--model", "resnet20", "--data", "digits", "--epochs", "4", "--batch-size", "32",
+            "--train-subset", "256", "--workers", "0", "--device", "cpu", "--out-dir", str(tmp_path),
+            "--prune", "ato", "--remove-flops", "0.5", "--set", "prune.options.hyper_step=2")  # fmt: skip
+    masks = {}
+    for surgery in ("freeze", "end"):
+        code, _, err = run(capsys, *args, "--name", surgery, "--surgery", surgery)
+        assert code == 0, err
+        masks[surgery] = json.loads((tmp_path / surgery / "mask.json").read_text())["groups"]
+    assert masks["freeze"] == masks["end"]
+    last = torch.load(tmp_path / "freeze" / "last.pt", weights_only=True)
+    prev = torch.load(tmp_path / "freeze" / "prev.pt", weights_only=True)
+    assert last["callbacks"]["ato"]["cut"] and prev["callbacks"]["ato"]["cut"]
+    assert last["epoch"] > prev["epoch"]
+    weights = [k for k, v in last["model"].items() if v.is_floating_point() and k.endswith("weight")]
+    assert all(last["model"][k].shape == prev["model"][k].shape for k in weights)
+    assert any(not torch.equal(last["model"][k], prev["model"][k]) for k in weights)
+    dense = sum(p.numel() for p in models.create("resnet20", num_classes=10, in_channels=1).parameters())
+    assert sum(v.numel() for k, v in last["model"].items() if k.endswith(("weight", "bias"))) < dense

@@ -175,3 +175,34 @@ def test_docs_ato_loop_on_an_inception_net_stays_close_to_dense():
     assert count_macs(compact, ex) <= 0.52 * count_macs(Inception(), ex)
     # Before the in-place cut this loop left the compact model as it was at the cut, 34.5 points below dense.
     assert compact_acc >= dense - 5.0, (compact_acc, dense)
+
+
+def test_docs_pruners_examples_run_as_written():
+    blocks = python_blocks(ROOT / "docs" / "pruners.md")
+    assert len(blocks) == 2
+    ns: dict = {}
+    torch.manual_seed(0)
+    exec(blocks[0], ns)
+    assert ns["pruner"].cut and ns["compact"] is ns["model"]
+    from autotrainonce.measure import count_macs
+
+    dense = count_macs(_pruners_doc_dense(), ns["x"][:1])
+    assert count_macs(ns["compact"], ns["x"][:1]) <= 0.5 * dense
+    try:
+        exec(blocks[1], {})
+        from autotrainonce import pruners
+
+        p = pruners.create("l2-late", _pruners_doc_dense(), ns["x"][:1], ato.Flops(0.3), total_steps=10)
+        assert p.cut_step == 8 and p.norm == 2
+    finally:
+        from autotrainonce import pruners
+
+        pruners.PRUNERS._builders.pop("l2-late", None)
+
+
+def _pruners_doc_dense() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+    )  # fmt: skip

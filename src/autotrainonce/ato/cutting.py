@@ -1,0 +1,136 @@
+"""ATO's decisive moments: the decision (variant 'decide'), the freeze and the in-place cut."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+import weakref
+
+import torch
+from torch import nn
+
+from ..errors import SurgeryError
+from ..measure import eval_outputs, relative_output_change
+from ._utils import device_of, to_device
+from .instruments import freeze_report
+from .ranks import is_rank0, world_size
+
+__all__ = ["Cutting"]
+
+log = logging.getLogger("autotrainonce.ato.algorithm")
+
+
+class Cutting:
+    """AutoTrainOnce's decide / freeze / cut, and the checks that keep the user's references valid after it."""
+
+    def decide(self) -> None:
+        """variant="decide": fix the mask now to :meth:`final_mask` and stop the controller; from the next step
+        the dropped channels ramp to exactly zero at ``freeze_at``, where the freeze cuts this very mask."""
+        if self.decided or self.frozen:
+            return
+        self._set_mask(self._agree(self.final_mask()))
+        self.decided = True
+        if is_rank0():
+            flops, params = self._removed(self.mask)
+            log.info(
+                "ATO: mask decided at step %d (removes %.1f%% MACs, %.1f%% params); ramping its dropped channels "
+                "to zero until the freeze at step %d", self.global_step, 100 * flops, 100 * params,
+                self.schedule.freeze_at,
+            )
+
+    def freeze(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Fix the mask to the controller's deterministic choice (noiseless logits) and stop the controller.
+
+        With ``zero_at_freeze`` the dropped channels are set exactly to zero here, so the rest of training
+        already runs the sub-network that export() will cut out. :attr:`freeze_report` records how the frozen
+        mask relates to what the proximal step was shrinking, and how far the freeze moved the outputs.
+        """
+        if self.frozen:
+            return
+        prox = self._prox()
+        draw = self.mask  # the latest draw: the channels the proximal step has been shrinking
+        # Norms and outputs before the freeze zeroes or cuts anything: the state the decision is taken on.
+        norms = [n if slots else None for n, slots in zip(prox.channel_norms(), prox.slots)]
+        inputs = to_device(self.example_inputs, device_of(self.model))
+        before = eval_outputs(self.model, inputs)
+        self._set_mask(self._agree(self.final_mask()))
+        self.frozen = True
+        if self.config.zero_at_freeze:
+            opt = optimizer if self.config.reset_optimizer_state else None
+            self.last["zeroed_at_freeze_max_norm"] = prox.hard_zero(opt)
+        if self.config.surgery == "freeze":
+            self._cut(optimizer)
+        change = relative_output_change(before, eval_outputs(self.model, inputs))
+        assert self.mask is not None
+        self.freeze_report = r = freeze_report(self.global_step, draw, self.mask, norms, change)
+        if is_rank0():
+            log.info(
+                "ATO: mask frozen at step %d: it differs from the last shrunk draw on %d of %d channels (%.1f%%: "
+                "%d shrunk but kept, %d cut but never shrunk); %d kept channels already near zero (%d exactly); "
+                "relative output change at the %s %.3g",
+                self.global_step, r["hamming"], r["channels"], 100 * r["hamming_frac"], r["shrunk_kept"],
+                r["cut_unshrunk"], r["kept_near_zero"], r["kept_zero"], "cut" if self.cut else "freeze", change,
+            )  # fmt: skip
+
+    def _cut(self, optimizer: torch.optim.Optimizer | None, check: bool = True) -> None:
+        """Cut the network physically to the frozen mask (surgery="freeze"), in place.
+
+        ``self.model`` stays the same object (same submodules; shrunk parameters are new, smaller Parameters on
+        them), so the user's ``model`` variable and a ``torch.compile`` wrapper keep working on the compact
+        network; ``optimizer`` (if given) is moved onto the new parameters in place with its state sliced. The
+        next :meth:`step` raises if its optimizer still holds replaced parameters. The proximal step and the
+        controller are dropped.
+        """
+        assert self.mask is not None
+        masks = self._full(self.mask)
+        if check:
+            prox = self._prox()
+            dropped, zero, _ = prox.count_zero()
+            if zero < dropped:  # zero_at_freeze=False: the masked model must equal the compact one
+                prox.hard_zero(optimizer if self.config.reset_optimizer_state else None)
+        self.cut_report = {
+            "step": self.global_step,
+            "macs_before": self.space.flops(None),
+            "macs_after": self.space.flops(masks),
+            "params_before": self.space.params(None),
+            "params_after": self.space.params(masks),
+        }
+        before = {id(p): p for p in self.model.parameters()}
+        # check: kept for the results table, the comparison export() makes with surgery="end"
+        self.space.prune_(self.model, masks, check=check, optimizer=optimizer, report=self.cut_report)
+        now = {id(p) for p in self.model.parameters()}
+        self._replaced = [weakref.ref(p) for i, p in before.items() if i not in now]
+        self._optimizer_checked = False
+        if world_size() > 1 and not self.owner_rebuilds_wrappers:
+            warnings.warn(
+                "the network was cut in place: rebuild your DistributedDataParallel wrapper now "
+                "(ddp = DistributedDataParallel(pruner.model, ...)); its buckets still have the dense sizes",
+                stacklevel=3,
+            )
+        self.cut = True
+        self.proximal = None
+        self.controller = None
+        self.controller_optimizer = None
+
+    def _check_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Raise (once checked, never again) if ``optimizer`` still holds parameters the cut replaced."""
+        self._optimizer_checked = True
+        old = {id(p) for r in self._replaced if (p := r()) is not None}
+        self._replaced = []
+        if any(id(p) in old for g in optimizer.param_groups for p in g["params"]):
+            raise SurgeryError(
+                "the optimizer given to pruner.step() still holds parameters of the network from before the cut, "
+                "so it no longer trains the model: pass that optimizer to the call that cut (pruner.step(optimizer), "
+                "or pruner.load_state_dict(state, optimizer=optimizer) when resuming), or build the optimizer "
+                "after the cut from model.parameters()"
+            )
+
+    def apply_cut_(self, module: nn.Module) -> nn.Module:
+        """Cut another copy of the uncut network (an EMA copy, say) in place to the frozen mask, and return it.
+
+        The copy must have the architecture the pruner was built for (``copy.deepcopy`` of the model before
+        the cut). Call it after the cut; raises if the mask is not final yet.
+        """
+        if not self.frozen or self.mask is None:
+            raise SurgeryError("apply_cut_() needs the final mask: call it after the cut (pruner.cut is True)")
+        return self.space.prune_(module, self._full(self.mask), check=False)

@@ -56,9 +56,9 @@ __all__ = [
 
 log = logging.getLogger("bench.compare")
 
-METHODS = ("dense", "ato", "ato-freeze", "torch-pruning", "oto-hesso", "l1-oneshot")
+METHODS = ("dense", "ato", "ato-freeze", "torch-pruning", "oto-hesso", "l1-oneshot", "magnitude")
 PRUNING_METHODS = METHODS[1:]
-LIBRARY_METHODS = ("dense", "ato", "ato-freeze", "l1-oneshot")  # a failure here is a failure of the benchmark
+LIBRARY_METHODS = ("dense", "ato", "ato-freeze", "l1-oneshot", "magnitude")  # a failure here is a failure of the benchmark
 CUT_TOLERANCE = 1e-3  # relative output change above which a cut is lossy (the network must train on after it)
 # ATO's freeze report (AutoTrainOnce.freeze_report) in the rows, as freeze_<key> columns
 FREEZE_KEYS = ("hamming", "hamming_frac", "shrunk_kept", "cut_unshrunk", "kept_near_zero", "kept_near_zero_frac",
@@ -207,11 +207,16 @@ def _setup(spec: CellSpec, cfg: Config, model: nn.Module, example: torch.Tensor,
             + (f", decide_at={options['decide_at']}" if "decide_at" in options else ""),
             out_changes=lambda: [cut_probe.l2], instruments=freeze_instruments,
         )  # fmt: skip
-    if method == "l1-oneshot":  # the library's registered "l1" method, through the same factory as `ato train`
+    if method in ("l1-oneshot", "magnitude"):  # the library's registered methods, built as `ato train` builds them
         from autotrainonce.pruners import make_callback
 
         at = window_steps(spec.window, total_steps, 1)[0]
-        l1_cfg = SimpleNamespace(method="l1", remove_flops=float(spec.target), remove_params=None, options={"at": at})
+        if method == "l1-oneshot":
+            name, opts = "l1", {"at": at}
+        else:  # progressive: spec.prune_steps decisions across the window, the cut at its end (as Torch-Pruning)
+            start = window_steps(spec.window, total_steps, 2)[0]
+            name, opts = "magnitude", {"start": start, "at": at, "stages": max(1, spec.prune_steps)}
+        l1_cfg = SimpleNamespace(method=name, remove_flops=float(spec.target), remove_params=None, options=opts)
         l1 = make_callback(l1_cfg, model, example, None, total_steps)
         l1_probe = _CutProbe(l1.pruner, probe, "_cut")
 
@@ -220,7 +225,7 @@ def _setup(spec: CellSpec, cfg: Config, model: nn.Module, example: torch.Tensor,
             return 1.0 - r["macs_after"] / r["macs_before"] if r else math.nan
 
         return _Method([l1], lambda t: l1.export(), lambda: [l1_probe.change],
-                       lambda: f"one shot at step {at} ({100 * l1_removed():.1f}% MACs by the exact cost)",
+                       lambda: f"{l1.pruner.describe()} ({100 * l1_removed():.1f}% MACs by the exact cost)",
                        out_changes=lambda: [l1_probe.l2])  # fmt: skip
     space = discover(copy.deepcopy(model).eval(), example)
     unprunable = _unprunable_modules(space)

@@ -44,7 +44,7 @@ COLUMNS = [
 ]  # fmt: skip
 # Ratio columns filled from the dense row of the same model and seed: (ratio, value).
 RATIOS = [("epoch_ratio", "epoch_s"), ("step_ratio", "step_ms"), ("run_ratio", "run_s")]
-METHOD_ORDER = ("dense", "ato", "ato-freeze", "torch-pruning", "oto-hesso", "l1-oneshot")
+METHOD_ORDER = ("dense", "ato", "ato-freeze", "torch-pruning", "oto-hesso", "l1-oneshot", "magnitude")
 
 
 def _num(v: Any) -> float:
@@ -230,7 +230,7 @@ def plot_target(targets: Sequence[float], wanted: float = 50.0) -> float | None:
 def _style(method: str) -> dict[str, Any]:
     """Marker and line style per method, so that methods with equal numbers (ato, ato-freeze) stay visible."""
     styles = {"ato": ("o", "-"), "ato-freeze": ("s", "--"), "torch-pruning": ("^", "-"),
-              "oto-hesso": ("D", "-."), "l1-oneshot": ("v", ":")}  # fmt: skip
+              "oto-hesso": ("D", "-."), "l1-oneshot": ("v", ":"), "magnitude": ("^", ":")}  # fmt: skip
     marker, line = styles.get(method, (".", "-"))
     return {"marker": marker, "linestyle": line}
 

@@ -84,13 +84,13 @@ def test_quick_run_writes_every_output(quick, cells):
         if r["method"] in ("ato", "ato-freeze"):
             assert 0.0 <= float(r["freeze_hamming_frac"]) <= 1.0 and float(r["freeze_kept_near_zero"]) >= 0
             assert math.isfinite(float(r["cut_change_l2"]))
-        elif r["method"] == "l1-oneshot":
+        elif r["method"] in ("l1-oneshot", "magnitude"):
             assert float(r["cut_change_l2"]) >= 0 and r["freeze_hamming_frac"] == ""  # no freeze report
     assert result["environment"]["torch"] and "--quick" in result["environment"]["command"]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["dense", "ato", "ato-freeze", "torch-pruning", "oto-hesso", "l1-oneshot"])
+@pytest.mark.parametrize("method", ["dense", "ato", "ato-freeze", "torch-pruning", "oto-hesso", "l1-oneshot", "magnitude"])
 def test_quick_run_gives_a_valid_compact_model(quick, peers, cells, method):
     missing = peers.missing_peer(method)
     if missing:

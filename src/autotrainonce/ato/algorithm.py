@@ -295,13 +295,7 @@ class AutoTrainOnce(Cutting, RankSync, Reporting, Pruner):
         if not self.frozen:
             ctrl = self._require_controller()
             if s.controller_active(t):
-                if not self.lr_decayed and t >= s.controller_lr_decay:
-                    assert self.controller_optimizer is not None
-                    for group in self.controller_optimizer.param_groups:
-                        group["lr"] *= self.config.lr_decay_factor
-                    self.lr_decayed = True
-                if s.controller_step_due(t):
-                    self._controller_step(batch)
+                self._search_step(t, batch)
             if s.mask_due(t) or (self.mask is None and s.proximal_active(t)):
                 self._set_mask(self._agree(ctrl.sample()))
         if s.proximal_active(t) and self.mask is not None:
@@ -309,6 +303,17 @@ class AutoTrainOnce(Cutting, RankSync, Reporting, Pruner):
             opt = optimizer if self.config.reset_optimizer_state else None
             self._prox().step(s.lam(t), lr, opt)
         return False
+
+    def _search_step(self, t: int, batch: Any) -> None:
+        """One step of the controller's search: its lr decays once at ``controller_lr_decay``, and it takes a
+        step every ``hyper_step`` steps (both variants)."""
+        if not self.lr_decayed and t >= self.schedule.controller_lr_decay:
+            assert self.controller_optimizer is not None
+            for group in self.controller_optimizer.param_groups:
+                group["lr"] *= self.config.lr_decay_factor
+            self.lr_decayed = True
+        if self.schedule.controller_step_due(t):
+            self._controller_step(batch)
 
     def _step_decide(self, optimizer: torch.optim.Optimizer, batch: Any) -> bool:
         """variant="decide": search without shrinking, decide, ramp the decided channels to 0, freeze and cut.
@@ -322,13 +327,7 @@ class AutoTrainOnce(Cutting, RankSync, Reporting, Pruner):
         opt = optimizer if self.config.reset_optimizer_state else None
         if not self.decided and not self.frozen:
             if s.controller_active(t) and t < s.decide_at:
-                if not self.lr_decayed and t >= s.controller_lr_decay:
-                    assert self.controller_optimizer is not None
-                    for group in self.controller_optimizer.param_groups:
-                        group["lr"] *= self.config.lr_decay_factor
-                    self.lr_decayed = True
-                if s.controller_step_due(t):
-                    self._controller_step(batch)
+                self._search_step(t, batch)
             if t >= s.decide_at:
                 self.decide()
         if self.decided and not self.frozen:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import re
 import time
 import traceback
 import warnings
@@ -21,6 +22,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
+import yaml
 from _common import EpochTimer, probe_images, warm_up_models
 from _peers import (
     OtoHessoCallback,
@@ -44,6 +46,8 @@ from autotrainonce.training.utils import count_steps, resolve_device, seed_every
 __all__ = [
     "METHODS",
     "PRUNING_METHODS",
+    "split_method",
+    "parse_methods",
     "LIBRARY_METHODS",
     "CellSpec",
     "run_cell",
@@ -59,10 +63,49 @@ log = logging.getLogger("bench.compare")
 METHODS = ("dense", "ato", "ato-freeze", "torch-pruning", "oto-hesso", "l1-oneshot", "magnitude")
 PRUNING_METHODS = METHODS[1:]
 LIBRARY_METHODS = ("dense", "ato", "ato-freeze", "l1-oneshot", "magnitude")  # a failure here is a failure of the benchmark
+OPTION_METHODS = ("ato", "ato-freeze", "l1-oneshot", "magnitude")  # methods that take [key=value;...] options
 CUT_TOLERANCE = 1e-3  # relative output change above which a cut is lossy (the network must train on after it)
 # ATO's freeze report (AutoTrainOnce.freeze_report) in the rows, as freeze_<key> columns
 FREEZE_KEYS = ("hamming", "hamming_frac", "shrunk_kept", "cut_unshrunk", "kept_near_zero", "kept_near_zero_frac",
                "kept_zero")  # fmt: skip
+
+
+
+def split_method(method: str) -> tuple[str, dict[str, Any]]:
+    """``"ato-freeze[variant=paper;decide_at=0.3]"`` -> ``("ato-freeze", {"variant": "paper", "decide_at": 0.3})``.
+
+    The options (values read as YAML) go to that cell's pruner options only, so one invocation can put
+    several settings of a library method side by side (an ablation) with the same dense runs and seeds.
+    """
+    text = method.strip()
+    if "[" not in text:
+        return text, {}
+    if not text.endswith("]") or text.count("[") != 1 or text.count("]") != 1:
+        raise ValueError(f"method {method!r}: write options as name[key=value;key=value]")
+    base, _, body = text[:-1].partition("[")
+    options: dict[str, Any] = {}
+    for item in filter(None, (i.strip() for i in body.split(";"))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"method {method!r}: option {item!r} is not key=value")
+        options[key.strip()] = yaml.safe_load(value)
+    if options and base.strip() not in OPTION_METHODS:
+        raise ValueError(f"method {base!r} takes no options (only {', '.join(OPTION_METHODS)} do)")
+    return base.strip(), options
+
+
+def parse_methods(text: str) -> list[str]:
+    """Comma-separated methods; commas inside ``[...]`` belong to the options."""
+    out, depth, cur = [], 0, ""
+    for ch in text:
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            out.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    out.append(cur.strip())
+    return [m for m in out if m]
 
 
 @dataclass(frozen=True)
@@ -81,8 +124,19 @@ class CellSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def base(self) -> str:
+        """The method without its ``[options]``."""
+        return split_method(self.method)[0]
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """This cell's own pruner options (from ``method[key=value;...]``)."""
+        return split_method(self.method)[1]
+
+    @property
     def name(self) -> str:
-        tag = self.method if self.target is None else f"{self.method}{self.target * 100:g}"
+        method = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.method).strip("_")  # a folder name
+        tag = method if self.target is None else f"{method}{self.target * 100:g}"
         return f"{self.model}-s{self.seed}-{tag}"
 
     @property
@@ -176,7 +230,7 @@ class _Method:
 def _setup(spec: CellSpec, cfg: Config, model: nn.Module, example: torch.Tensor, probe: torch.Tensor,
            holdout: DataLoader | None, total_steps: int, cell_dir: Path, dense_macs: int) -> _Method:  # fmt: skip
     """The callbacks and the finishing step of ``spec.method``."""
-    method = spec.method
+    method = spec.base
     if method == "dense":
         return _Method([], lambda t: t.model, lambda: [], lambda: "")
     if method in ("ato", "ato-freeze"):
@@ -216,6 +270,7 @@ def _setup(spec: CellSpec, cfg: Config, model: nn.Module, example: torch.Tensor,
         else:  # progressive: spec.prune_steps decisions across the window, the cut at its end (as Torch-Pruning)
             start = window_steps(spec.window, total_steps, 2)[0]
             name, opts = "magnitude", {"start": start, "at": at, "stages": max(1, spec.prune_steps)}
+        opts.update(spec.options)
         l1_cfg = SimpleNamespace(method=name, remove_flops=float(spec.target), remove_params=None, options=opts)
         l1 = make_callback(l1_cfg, model, example, None, total_steps)
         l1_probe = _CutProbe(l1.pruner, probe, "_cut")
@@ -253,9 +308,10 @@ def _setup(spec: CellSpec, cfg: Config, model: nn.Module, example: torch.Tensor,
 def cell_config(spec: CellSpec) -> Config:
     """The shared recipe with this cell's model, seed, run name and (for ATO) the target and surgery."""
     prune: dict[str, Any] = {"method": "none"}
-    if spec.method in ("ato", "ato-freeze"):
+    if spec.base in ("ato", "ato-freeze"):
         options = dict(spec.config.prune.options)
-        options["surgery"] = "freeze" if spec.method == "ato-freeze" else "end"
+        options["surgery"] = "freeze" if spec.base == "ato-freeze" else "end"
+        options.update(spec.options)
         prune = {"method": "ato", "remove_flops": spec.target, "options": options}
     return merge_overrides(
         spec.config,
@@ -267,7 +323,7 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
     """Train and measure one cell; raises on failure (see :func:`safe_run_cell`)."""
     row: dict[str, Any] = {"model": spec.model, "method": spec.method, "target_pct": spec.target_pct,
                            "seed": spec.seed, "error": ""}  # fmt: skip
-    missing = missing_peer(spec.method)
+    missing = missing_peer(spec.base)
     if missing:
         raise ModuleNotFoundError(missing)
     started = time.perf_counter()
@@ -324,7 +380,7 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
     l2 = [c for c in method.out_changes() if not math.isnan(c)]
     row["cut_change_l2"] = max(l2) if l2 else math.nan
     row.update(method.instruments())
-    if spec.method == "dense":
+    if spec.base == "dense":
         row["finetune"] = "—"
     elif not changes:
         row["finetune"] = "?"
@@ -363,7 +419,7 @@ def warm_up(base: Config, model_names: Sequence[str], methods: Sequence[str]) ->
     import autotrainonce.ato  # noqa: F401
 
     warm_up_models(base, model_names)
-    for method in methods:
+    for method in (split_method(m)[0] for m in methods):
         if missing_peer(method):
             continue
         try:

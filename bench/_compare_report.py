@@ -73,10 +73,11 @@ def order_rows(rows: list[dict[str, Any]], models: Sequence[str]) -> list[dict[s
     """Rows by model (as given), method (dense first), target, seed."""
 
     def key(r: dict[str, Any]) -> tuple:
-        m = r["method"]
+        m = r["method"].split("[")[0]  # a variant (method[options]) sorts right after its method
         return (
             list(models).index(r["model"]) if r["model"] in models else len(models),
             METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER),
+            r["method"],
             r["target_pct"],
             r["seed"],
         )

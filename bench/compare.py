@@ -8,6 +8,7 @@ epoch and per run relative to the dense run, CPU latency at batch 1 and 64 relat
     python bench/compare.py --model resnet20 --data fashion-mnist --epochs 5 --remove-flops 0.3,0.5,0.7
     python bench/compare.py --model resnet20 --epochs 1 --train-subset 3000 --remove-flops 0.5   # a short check
     python bench/compare.py --quick                                                          # CI smoke (digits)
+    python bench/compare.py --merge runs/seed0,runs/seed1 --out runs/both   # one table from several invocations
 
 Writes results.md / results.csv / results.json and accuracy_vs_macs.png / kept_channels.png under --out.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import json
 import logging
 import multiprocessing
 import sys
@@ -45,7 +47,9 @@ from _compare_cells import (  # noqa: E402
     LIBRARY_METHODS,
     METHODS,
     CellSpec,
+    parse_methods,
     safe_run_cell,
+    split_method,
     warm_up,
     worker_init,
 )
@@ -92,7 +96,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--data", help="dataset: fashion-mnist (default) or digits (the --quick smoke run)")
     p.add_argument("--epochs", type=int, help=f"epochs of every run (default {DEFAULTS['epochs']})")
     p.add_argument("--remove-flops", help=f"fractions of MACs to remove (default {DEFAULTS['remove_flops']})")
-    p.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
+    p.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)} (default: all); a library "
+                   "method may carry its own pruner options, e.g. ato-freeze[variant=paper;hyper_step=2], to put "
+                   "settings side by side in one invocation")  # fmt: skip
     p.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1 (default 0)")
     p.add_argument("--train-subset", type=int, help="train on the first N training images only")
     p.add_argument("--batch-size", type=int, help=f"training batch (default {DEFAULTS['batch_size']})")
@@ -123,7 +129,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="output folder (default runs/bench-compare-<timestamp>)")
     p.add_argument("--quick", action="store_true", help="digits, 2 epochs, 50%% only: a smoke run for CI")
     p.add_argument("--quiet", action="store_true", help="log warnings only")
+    p.add_argument("--merge", metavar="DIR,DIR,...",
+                   help="train nothing: merge the results.json of these --out folders (same recipe, e.g. one per "
+                        "seed or method) into one table under --out")  # fmt: skip
     args = p.parse_args(argv)
+    if args.merge is not None:
+        args.merge_list = [Path(d) for d in parse_list(args.merge)]
+        if not args.merge_list or args.out is None:
+            p.error("--merge needs at least one folder and an --out folder for the merged table")
+        return args
     apply_defaults(args, DEFAULTS, QUICK)
     if args.jobs < 1:
         p.error("--jobs must be at least 1")
@@ -135,16 +149,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.target_list = parse_floats(args.remove_flops)
         args.seed_list = parse_ints(args.seeds)
         window = parse_floats(args.prune_window)
-        args.method_list = parse_list(args.methods) if args.methods else list(METHODS)
+        args.method_list = parse_methods(args.methods) if args.methods else list(METHODS)
+        bases = [split_method(m)[0] for m in args.method_list]
     except ValueError as exc:
         p.error(f"bad list: {exc}")
     if not args.model_list or not args.seed_list or not args.method_list:
         p.error("--model, --seeds and --methods need at least one entry")
     check_models(p, args.model_list)
-    bad_methods = [m for m in args.method_list if m not in METHODS]
+    bad_methods = [m for m in bases if m not in METHODS]
     if bad_methods:
         p.error(f"unknown method(s) {bad_methods}; choose from {', '.join(METHODS)}")
-    if any(m != "dense" for m in args.method_list) and not args.target_list:
+    if len(set(args.method_list)) != len(args.method_list):
+        p.error(f"--methods lists a method twice: {args.methods}")
+    if any(m != "dense" for m in bases) and not args.target_list:
         p.error("--remove-flops needs at least one target")
     if any(not 0.0 < t < 1.0 for t in args.target_list):
         p.error(f"--remove-flops takes fractions in (0, 1), got {args.target_list}")
@@ -164,10 +181,10 @@ def cell_specs(args: argparse.Namespace, base: Config) -> list[CellSpec]:
     for seed in args.seed_list:
         for model in args.model_list:
             for method in args.method_list:
-                for target in [None] if method == "dense" else args.target_list:
+                for target in [None] if split_method(method)[0] == "dense" else args.target_list:
                     specs.append(CellSpec(model, method, target, seed, base, str(args.out), args.window,
                                           args.prune_steps, args.hesso_periods))  # fmt: skip
-    return sorted(specs, key=lambda s: (s.seed, args.model_list.index(s.model), s.method != "dense"))
+    return sorted(specs, key=lambda s: (s.seed, args.model_list.index(s.model), s.base != "dense"))
 
 
 # ------------------------------------------------------------------------------------------------ latency
@@ -189,7 +206,7 @@ def measure_latency(rows: list[dict[str, Any]], rounds: int) -> None:
             compact = torch.load(r["compact_path"], weights_only=False).eval()  # our own file, written above
             x64 = torch.load(Path(r["run_dir"]) / "probe.pt")
             for b, xb in ((1, x64[:1]), (64, x64)):
-                if r["method"] == "dense":
+                if split_method(r["method"])[0] == "dense":
                     ms = latency_ms(dense, xb, repeats=_repeats(dense, xb, rounds), warmup=2)
                     r.update({f"lat{b}_ms": ms, f"lat{b}_dense_ms": ms, f"lat{b}_ratio": 1.0})
                     continue
@@ -278,10 +295,16 @@ def _widths_target(args: argparse.Namespace) -> float | None:
     return plot_target([100.0 * t for t in args.target_list])
 
 
-def save(args: argparse.Namespace, env: dict[str, Any], rows: list[dict[str, Any]], done: bool) -> str:
-    """Write results.csv / .md / .json (after every cell, so an interrupted run keeps what it measured)."""
+def save(
+    args: argparse.Namespace, env: dict[str, Any], rows: list[dict[str, Any]], done: bool, ratios: bool = True
+) -> str:
+    """Write results.csv / .md / .json (after every cell, so an interrupted run keeps what it measured).
+
+    ``ratios=False`` (a merge) keeps each row's ratios to the dense run of its own invocation.
+    """
     rows = order_rows(rows, args.model_list)
-    add_ratios(rows)
+    if ratios:
+        add_ratios(rows)
     out: Path = args.out
     write_csv(out / "results.csv", rows, COLUMNS)
     text = render(args, env, rows, done)
@@ -301,7 +324,75 @@ def save(args: argparse.Namespace, env: dict[str, Any], rows: list[dict[str, Any
 # ------------------------------------------------------------------------------------------------ main
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the comparison; 0 when every library method finished (peers may fail), 1 otherwise, 2 on usage."""
-    return run_main(parse_args(argv), argv, QUICK_OVERRIDES, _run_all)
+    args = parse_args(argv)
+    if args.merge is not None:
+        args.argv = list(sys.argv[1:] if argv is None else argv)
+        return merge(args)
+    return run_main(args, argv, QUICK_OVERRIDES, _run_all)
+
+
+# the options that define the recipe: invocations may only be merged when these agree
+RECIPE_KEYS = ("data", "epochs", "train_subset", "batch_size", "lr", "warmup_epochs", "window", "prune_steps",
+               "hesso_periods", "set", "quick", "device")  # fmt: skip
+
+
+def merge(args: argparse.Namespace) -> int:
+    """Merge the results of several invocations (same recipe) into one results.md/csv/json under ``--out``.
+
+    Each row keeps the time ratios of its own invocation (a ratio is only meaningful against the dense run
+    timed beside it); a dense run present in several invocations is kept once, and its top-1 must agree
+    (the same seed gives the same run), else the merge is refused. 0 on success, 2 on unusable input.
+    """
+    loaded = []
+    for folder in args.merge_list:
+        path = folder / "results.json"
+        try:
+            loaded.append((folder, json.loads(path.read_text())))
+        except (OSError, ValueError) as exc:
+            print(f"error: cannot read {path}: {exc}; give --out folders of finished bench/compare.py runs",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+    first = loaded[0][1]["args"]
+    for folder, res in loaded[1:]:
+        diff = [k for k in RECIPE_KEYS if res["args"].get(k) != first.get(k)]
+        if diff:
+            detail = ", ".join(f"{k}: {first.get(k)!r} vs {res['args'].get(k)!r}" for k in diff)
+            print(f"error: {folder} used another recipe than {loaded[0][0]} ({detail}); only runs of one recipe "
+                  "can share a table (give settings of one method as method[key=value] instead of --set)",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+    rows: list[dict[str, Any]] = []
+    seen: dict[tuple, tuple[Path, dict[str, Any]]] = {}
+    for folder, res in loaded:
+        if not res.get("complete"):
+            log.warning("%s is a partial run (interrupted?): its finished cells are merged", folder)
+        for r in res["rows"]:
+            key = (r["model"], r["method"], r["target_pct"], r["seed"])
+            if key in seen:
+                other, kept = seen[key]
+                if r["method"] == "dense" and abs(float(kept.get("test_top1", 0)) - float(r.get("test_top1", 0))) < 1e-6:
+                    continue  # the same dense run again (one per invocation, for its time ratios)
+                print(f"error: {r['model']} {r['method']} {r['target_pct']:g}% seed {r['seed']} is in both {other} "
+                      f"and {folder} with different results; merge folders that do not overlap",
+                      file=sys.stderr)  # fmt: skip
+                return 2
+            seen[key] = (folder, r)
+            rows.append({**r, "source": str(folder)})
+    merged = argparse.Namespace(**{**first, "out": args.out, "argv": args.argv})
+    merged.model_list = list(dict.fromkeys(m for _, res in loaded for m in res["args"]["model_list"]))
+    merged.target_list = sorted({t for _, res in loaded for t in res["args"]["target_list"]})
+    merged.seeds = ",".join(str(s) for s in sorted({r["seed"] for r in rows}))
+    merged.jobs = ",".join(sorted({str(res["args"]["jobs"]) for _, res in loaded}))
+    env = dict(loaded[0][1]["environment"])
+    env["merged_from"] = "; ".join(
+        f"{folder} ({res['environment'].get('date')}, commit {res['environment'].get('git_commit')}: "
+        f"{res['environment'].get('command')})" for folder, res in loaded
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    text = save(merged, env, rows, done=all(res.get("complete") for _, res in loaded), ratios=False)
+    print(text.split("\nPer run:")[0].rstrip())
+    print(f"\nmerged {len(loaded)} invocations: {args.out}/results.md, results.csv, results.json")
+    return 0
 
 
 def _run_all(args: argparse.Namespace, base: Config) -> int:
@@ -344,7 +435,7 @@ def _run_all(args: argparse.Namespace, base: Config) -> int:
     text = save(args, env, rows, done=True)
     print(text.split("\nPer run:")[0].rstrip())
     print(f"\nresults: {args.out}/results.md, results.csv, results.json, {', '.join(PLOTS)}")
-    failed = [r for r in rows if r.get("error") and r["method"] in LIBRARY_METHODS]
+    failed = [r for r in rows if r.get("error") and split_method(r["method"])[0] in LIBRARY_METHODS]
     return 1 if failed else 0
 
 

@@ -70,6 +70,8 @@ def _weight_sum(model) -> float:
         (dict(variant="decide", decide_at=0.6), r"decide_at must fall strictly between.*decide_at=60.*freeze_at=51"),
         (dict(variant="decide", decide_at=10), r"strictly between controller_start and freeze_at.*controller_start=10"),
         (dict(variant="decide", decide_at=-1), r"decide_at=-1 must be >= 0"),
+        (dict(variant="decide", decide_by="l2"), r"decide_by='l2'; choose one of 'controller', 'magnitude'"),
+        (dict(decide_by="random"), r"decide_by='random' only applies to variant='decide'"),
     ],
 )
 def test_bad_variant_options_raise_config_errors(options, match):
@@ -201,3 +203,34 @@ def test_decide_state_round_trip_mid_ramp_continues_identically():
     assert all(torch.equal(a, c) for a, c in zip(pa.mask, pc.mask))
     for (k, va), vc in zip(ma.state_dict().items(), mc.state_dict().values()):
         assert torch.equal(va, vc), k
+
+
+@pytest.mark.parametrize("by", ["magnitude", "random"])
+def test_decide_by_controls_choose_without_the_controller_and_cut_exactly(by):
+    """The ablation controls: no controller step; the chosen mask meets the target and is cut without a jump."""
+    model, opt, pruner = _setup(Params(0.4), **DECIDE, decide_by=by)
+    ctrl = [p.detach().clone() for p in pruner.controller.parameters()]
+    cut = False
+    for xb, yb in _batches():
+        cut = _one_step(model, opt, pruner, xb, yb) or cut
+    assert cut and pruner.cut and pruner.freeze_report["hamming"] == 0
+    assert pruner.freeze_report["output_change"] < 1e-5
+    assert pruner.last.get("task_loss") is None  # the controller never stepped
+    assert ctrl  # (it existed until the cut discarded it)
+    removed = 1.0 - pruner.cut_report["params_after"] / pruner.cut_report["params_before"]
+    assert removed >= 0.4 - 1e-9 and removed < 0.5
+
+
+def test_decide_by_magnitude_drops_the_smallest_channels():
+    model, opt, pruner = _setup(Params(0.4), **DECIDE, decide_by="magnitude")
+    for xb, yb in _batches()[:14]:
+        _one_step(model, opt, pruner, xb, yb)
+    from autotrainonce.space.selection import channel_scores
+
+    scores = channel_scores(pruner.space, model)
+    _one_step(model, opt, pruner, *_batches()[14])  # step 15: the decision, on the weights before this update
+    assert pruner.decided
+    for gi, keep in zip(pruner.prunable, pruner.mask):
+        if not keep.all() and keep.any():
+            s = scores[gi]  # from one step earlier: the ranking of clearly separated channels holds
+            assert float(s[~keep].mean()) < float(s[keep].mean())

@@ -273,3 +273,80 @@ def test_oto_group_sparsity_maps_monotonically_to_macs(peers, tmp_path):
     low, high = cb._trial(model, 0.3, batch), cb._trial(model, 0.7, batch)
     assert 0 < low < high < 1
     assert ato.measure.count_macs(model, x) == dense  # the trials worked on copies
+
+
+# ------------------------------------------------------------------------------------------------ variants, merge
+def test_method_options_parse(cells):
+    assert cells.split_method("ato-freeze") == ("ato-freeze", {})
+    assert cells.split_method("ato-freeze[variant=paper;hyper_step=2]") == (
+        "ato-freeze", {"variant": "paper", "hyper_step": 2}
+    )
+    assert cells.parse_methods("dense, ato-freeze[variant=decide;decide_at=0.3],l1-oneshot") == [
+        "dense", "ato-freeze[variant=decide;decide_at=0.3]", "l1-oneshot"
+    ]
+    with pytest.raises(ValueError, match="takes no options"):
+        cells.split_method("torch-pruning[steps=3]")
+    with pytest.raises(ValueError, match="key=value"):
+        cells.split_method("ato[variant]")
+    spec = cells.CellSpec("resnet20", "ato-freeze[variant=decide]", 0.5, 1, Config(), "/tmp")
+    assert spec.base == "ato-freeze" and spec.options == {"variant": "decide"}
+    assert "[" not in spec.name and "=" not in spec.name and spec.name.startswith("resnet20-s1-ato-freeze")
+    options = cells.cell_config(spec).prune.options
+    assert options["variant"] == "decide" and options["surgery"] == "freeze"
+
+
+def test_bad_method_options_are_a_usage_error(compare, capsys):
+    with pytest.raises(SystemExit) as exc:
+        compare.parse_args(["--quick", "--methods", "dense,oto-hesso[x=1]"])
+    assert exc.value.code == 2 and "takes no options" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_variant_cells_and_merge(compare, quick, tmp_path):
+    """A method with its own options runs as its own row; --merge joins it to another invocation's table."""
+    second = tmp_path / "variant"
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = compare.main(["--quick", "--methods", "dense,ato-freeze[variant=decide]", "--out", str(second),
+                             "--quiet"])  # fmt: skip
+    assert code == 0
+    rows = json.loads((second / "results.json").read_text())["rows"]
+    variant = [r for r in rows if r["method"] == "ato-freeze[variant=decide]"]
+    assert len(variant) == 1 and not variant[0]["error"] and "variant=decide" in variant[0]["setting"]
+    assert variant[0]["freeze_hamming"] == 0  # the decide variant cuts the mask it shrank
+    merged = tmp_path / "merged"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = compare.main(["--merge", f"{quick['out']},{second}", "--out", str(merged)])
+    assert code == 0, stdout.getvalue()
+    result = json.loads((merged / "results.json").read_text())
+    methods = [r["method"] for r in result["rows"]]
+    assert methods.count("dense") == 1  # the same seed's dense run of both invocations, kept once
+    assert "ato-freeze" in methods and "ato-freeze[variant=decide]" in methods
+    assert len(result["rows"]) == len(quick["result"]["rows"]) + 1
+    md = (merged / "results.md").read_text()
+    assert "| resnet20 | ato-freeze[variant=decide] |" in md and "merged_from" in md
+    # each row keeps the time ratio of its own invocation
+    orig = {r["method"]: r for r in quick["result"]["rows"]}
+    for r in result["rows"]:
+        if r["method"] in orig and r["method"] != "dense":
+            assert r["run_ratio"] == orig[r["method"]]["run_ratio"]
+
+
+def test_merge_refuses_other_recipes_and_overlaps(compare, tmp_path, capsys):
+    def fake(folder: str, epochs: int, top1: float) -> Path:
+        path = tmp_path / folder
+        path.mkdir()
+        row = {"model": "resnet20", "method": "l1-oneshot", "target_pct": 50.0, "seed": 0, "test_top1": top1}
+        args = {k: None for k in compare.RECIPE_KEYS} | {"epochs": epochs, "model_list": ["resnet20"],
+                                                          "target_list": [0.5], "jobs": 1}  # fmt: skip
+        (path / "results.json").write_text(json.dumps({"complete": True, "args": args, "rows": [row],
+                                                       "environment": {}}))  # fmt: skip
+        return path
+
+    a, b, c = fake("a", 4, 80.0), fake("b", 12, 80.0), fake("c", 4, 81.0)
+    assert compare.main(["--merge", f"{a},{b}", "--out", str(tmp_path / "m1")]) == 2
+    assert "another recipe" in capsys.readouterr().err
+    assert compare.main(["--merge", f"{a},{c}", "--out", str(tmp_path / "m2")]) == 2
+    assert "in both" in capsys.readouterr().err
+    assert compare.main(["--merge", f"{a},{tmp_path / 'nothing'}", "--out", str(tmp_path / "m3")]) == 2
+    assert "cannot read" in capsys.readouterr().err

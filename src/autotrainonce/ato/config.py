@@ -12,9 +12,12 @@ from ..errors import ConfigError
 from .resource import RESOURCE_LOSSES
 from .schedule import Point, ScheduleConfig
 
-__all__ = ["AtoConfig", "VARIANTS", "DECIDE_AT"]
+__all__ = ["AtoConfig", "VARIANTS", "DECIDE_AT", "DECIDE_BY"]
 
 VARIANTS = ("paper", "decide")
+#: who chooses the mask at decide_at: the controller (ATO), or, as ablation controls with the same ramp and
+#: cut, the channels' weight magnitude or chance (both calibrated to the same target; no controller steps)
+DECIDE_BY = ("controller", "magnitude", "random")
 #: default decision point of variant="decide" (fraction of training): 0.25 of the run searches (from
 #: controller_start 0.10), 0.16 ramps the dropped channels down before the freeze at 0.51
 DECIDE_AT = 0.35
@@ -52,6 +55,7 @@ class AtoConfig:
     # the deterministic calibrated choice and only its dropped channels ramp to exactly zero at freeze_at.
     variant: str = "paper"
     decide_at: Point | None = None  # variant="decide" only; None: DECIDE_AT
+    decide_by: str = "controller"  # variant="decide" only; "magnitude" / "random": ablation controls
     # exactness and reproducibility
     reset_optimizer_state: bool = True
     zero_at_freeze: bool = True
@@ -75,6 +79,12 @@ class AtoConfig:
             raise ConfigError(f"dead_zone must be in [0, 1), got {self.dead_zone}")
         if self.variant not in VARIANTS:
             raise ConfigError(f"variant={self.variant!r}; choose one of {', '.join(map(repr, VARIANTS))}")
+        if self.decide_by not in DECIDE_BY:
+            raise ConfigError(f"decide_by={self.decide_by!r}; choose one of {', '.join(map(repr, DECIDE_BY))}")
+        if self.variant == "paper" and self.decide_by != "controller":
+            raise ConfigError(
+                f"decide_by={self.decide_by!r} only applies to variant='decide'; drop it or set variant='decide'"
+            )
         if self.variant == "paper" and self.decide_at is not None:
             raise ConfigError(
                 f"decide_at={self.decide_at!r} only applies to variant='decide' (the paper variant never fixes the "

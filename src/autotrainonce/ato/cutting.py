@@ -11,6 +11,7 @@ from torch import nn
 
 from ..errors import SurgeryError
 from ..measure import eval_outputs, relative_output_change
+from ..space.selection import channel_scores, greedy_masks
 from ._utils import device_of, to_device
 from .instruments import freeze_report
 from .ranks import is_rank0, world_size
@@ -28,7 +29,8 @@ class Cutting:
         the dropped channels ramp to exactly zero at ``freeze_at``, where the freeze cuts this very mask."""
         if self.decided or self.frozen:
             return
-        self._set_mask(self._agree(self.final_mask()))
+        by = self.config.decide_by
+        self._set_mask(self._agree(self.final_mask() if by == "controller" else self._control_mask(by)))
         self.decided = True
         if is_rank0():
             flops, params = self._removed(self.mask)
@@ -37,6 +39,20 @@ class Cutting:
                 "to zero until the freeze at step %d", self.global_step, 100 * flops, 100 * params,
                 self.schedule.freeze_at,
             )
+
+    def _control_mask(self, by: str) -> list[torch.Tensor]:
+        """Ablation controls of the decision (decide_by): the lowest-L1 channels, or random ones, dropped
+        globally until the target is met exactly, as the magnitude baselines choose."""
+        if by == "magnitude":
+            scores = channel_scores(self.space, self.model)
+        else:
+            scores = {gi: torch.rand(self.space.groups[gi].size, generator=self.generator, dtype=torch.float64)
+                      for gi in self.prunable}  # fmt: skip
+        full = greedy_masks(self.space, scores, self.target, self.target.remove, self.config.min_channels)
+        return [
+            torch.ones(self.space.groups[gi].size, dtype=torch.bool) if full[gi] is None else full[gi].bool()
+            for gi in self.prunable
+        ]
 
     def freeze(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Fix the mask to the controller's deterministic choice (noiseless logits) and stop the controller.

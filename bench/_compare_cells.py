@@ -64,6 +64,8 @@ METHODS = ("dense", "ato", "ato-freeze", "torch-pruning", "oto-hesso", "l1-onesh
 PRUNING_METHODS = METHODS[1:]
 LIBRARY_METHODS = ("dense", "ato", "ato-freeze", "l1-oneshot", "magnitude")  # a failure here is a failure of the benchmark
 OPTION_METHODS = ("ato", "ato-freeze", "l1-oneshot", "magnitude")  # methods that take [key=value;...] options
+# cell options that belong to the data config (e.g. ato-freeze[holdout_fraction=0]: no held-out split)
+DATA_OPTIONS = ("holdout_fraction",)
 CUT_TOLERANCE = 1e-3  # relative output change above which a cut is lossy (the network must train on after it)
 # ATO's freeze report (AutoTrainOnce.freeze_report) in the rows, as freeze_<key> columns
 FREEZE_KEYS = ("hamming", "hamming_frac", "shrunk_kept", "cut_unshrunk", "kept_near_zero", "kept_near_zero_frac",
@@ -270,7 +272,7 @@ def _setup(spec: CellSpec, cfg: Config, model: nn.Module, example: torch.Tensor,
         else:  # progressive: spec.prune_steps decisions across the window, the cut at its end (as Torch-Pruning)
             start = window_steps(spec.window, total_steps, 2)[0]
             name, opts = "magnitude", {"start": start, "at": at, "stages": max(1, spec.prune_steps)}
-        opts.update(spec.options)
+        opts.update({k: v for k, v in spec.options.items() if k not in DATA_OPTIONS})
         l1_cfg = SimpleNamespace(method=name, remove_flops=float(spec.target), remove_params=None, options=opts)
         l1 = make_callback(l1_cfg, model, example, None, total_steps)
         l1_probe = _CutProbe(l1.pruner, probe, "_cut")
@@ -308,15 +310,18 @@ def _setup(spec: CellSpec, cfg: Config, model: nn.Module, example: torch.Tensor,
 def cell_config(spec: CellSpec) -> Config:
     """The shared recipe with this cell's model, seed, run name and (for ATO) the target and surgery."""
     prune: dict[str, Any] = {"method": "none"}
+    cell_options = dict(spec.options)
+    data_options = {k: cell_options.pop(k) for k in DATA_OPTIONS if k in cell_options}
     if spec.base in ("ato", "ato-freeze"):
         options = dict(spec.config.prune.options)
         options["surgery"] = "freeze" if spec.base == "ato-freeze" else "end"
-        options.update(spec.options)
+        options.update(cell_options)
         prune = {"method": "ato", "remove_flops": spec.target, "options": options}
-    return merge_overrides(
-        spec.config,
-        {"model": {"name": spec.model}, "run": {"seed": spec.seed, "name": spec.name}, "prune": prune},
-    )
+    overrides: dict[str, Any] = {"model": {"name": spec.model}, "run": {"seed": spec.seed, "name": spec.name},
+                                 "prune": prune}  # fmt: skip
+    if data_options:
+        overrides["data"] = data_options
+    return merge_overrides(spec.config, overrides)
 
 
 def run_cell(spec: CellSpec) -> dict[str, Any]:

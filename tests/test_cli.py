@@ -154,6 +154,41 @@ def test_unknown_prune_method_lists_the_registered_ones(capsys, tmp_path):
     _assert_one_line_error(code, err, "'prune.method' must be one of none, ato, l1, magnitude, got 'l2'")
 
 
+def test_no_holdout_gives_the_pruner_every_training_batch(capsys, tmp_path, monkeypatch):
+    """data.holdout_fraction=0: nothing is held out, and the pruner's step gets each training batch instead."""
+    seen: dict[str, list] = {"holdout": [], "batches": []}
+
+    class BatchPruner(pruners.Pruner):
+        name = "batchy"
+        uses_holdout = True
+
+        def __init__(self, model, example_inputs, target, holdout, *, total_steps):
+            seen["holdout"].append(holdout)
+            self.model, self.cut_report = model, {}
+
+        def step(self, optimizer, batch=None):
+            self.global_step += 1
+            seen["batches"].append(None if batch is None else (tuple(batch[0].shape), tuple(batch[1].shape)))
+            return False
+
+        def export(self):
+            return copy.deepcopy(self.model)
+
+        def state_dict(self):
+            return {}
+
+        def load_state_dict(self, state, optimizer=None):
+            pass
+
+    monkeypatch.setitem(pruners.PRUNERS._builders, "batchy", BatchPruner)
+    monkeypatch.setattr(export, "onnx_available", lambda: False)
+    code, _, err = run(capsys, *DIGITS_RUN, "--out-dir", str(tmp_path), "--prune", "batchy", "--remove-flops",
+                       "0.4", "--set", "data.holdout_fraction=0")  # fmt: skip
+    assert code == 0, err
+    assert seen["holdout"] == [None]
+    assert seen["batches"] == [((32, 1, 8, 8), (32,))] * 6  # 2 epochs x 3 steps, every one with its batch
+
+
 def test_prune_hook_gets_holdout_and_exports(capsys, tmp_path, monkeypatch):
     seen = {}
 

@@ -13,13 +13,27 @@ def test_defaults_scale_with_total_steps():
     assert (s.controller_start, s.proximal_start, s.lambda_switch, s.controller_lr_decay, s.freeze_at) == (
         100, 200, 490, 490, 510,
     )  # fmt: skip
-    assert s.hyper_step == 20 and (s.lambda_low, s.lambda_high) == (10.0, 1000.0)
+    assert s.hyper_step == 14 and (s.lambda_low, s.lambda_high) == (10.0, 1000.0)  # 410 search steps / 30
     assert s.mask_interval == 10  # 1% of training without steps_per_epoch
     assert Schedule.build(ScheduleConfig(), 1000, steps_per_epoch=25).mask_interval == 25
 
 
+def test_hyper_step_derives_from_the_search_window():
+    from autotrainonce.ato.schedule import auto_hyper_step
+
+    # ~30 controller updates in the window, at most 20 model steps apart, at least 1
+    assert [auto_hyper_step(n) for n in (1, 10, 45, 60, 98, 410, 600, 1338, 40000)] == [1, 1, 2, 2, 3, 14, 20, 20, 20]
+    short = Schedule.build(ScheduleConfig(), total_steps=240)  # 4 epochs x 60 steps: window 24..122
+    assert short.hyper_step == 3 and len([t for t in range(1, 241) if short.controller_step_due(t)]) == 33
+    decide = Schedule.build(ScheduleConfig(decide_at=0.35), total_steps=240)  # window 24..84
+    assert decide.hyper_step == 2
+    assert Schedule.build(ScheduleConfig(hyper_step=7), total_steps=240).hyper_step == 7  # explicit wins
+    with pytest.raises(ConfigError, match="hyper_step must be an int >= 1"):
+        Schedule.build(ScheduleConfig(hyper_step=0), total_steps=240)
+
+
 def test_phase_boundaries():
-    s = Schedule.build(ScheduleConfig(), total_steps=1000)
+    s = Schedule.build(ScheduleConfig(hyper_step=20), total_steps=1000)
     assert [s.phase(t) for t in (1, 99, 100, 199, 200, 509, 510, 1000)] == [
         "dense", "dense", "search", "search", "search", "search", "frozen", "frozen",
     ]  # fmt: skip

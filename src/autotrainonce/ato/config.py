@@ -46,7 +46,7 @@ class AtoConfig:
     lambda_switch: Point = 0.49
     controller_lr_decay: Point | None = None
     freeze_at: Point = 0.51
-    hyper_step: int = 20
+    hyper_step: int | None = None  # None: derived from the search window (schedule.auto_hyper_step)
     mask_interval: Point | None = None
     lambda_low: float = 10.0
     lambda_high: float = 1000.0

@@ -22,9 +22,20 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 
-__all__ = ["ScheduleConfig", "Schedule"]
+__all__ = ["ScheduleConfig", "Schedule", "CONTROLLER_UPDATES", "MAX_HYPER_STEP", "auto_hyper_step"]
 
 Point = int | float
+
+#: hyper_step=None: the controller aims at this many updates in its search window ...
+CONTROLLER_UPDATES = 30
+#: ... but steps at least every this many model steps in long runs (more updates cost little there)
+MAX_HYPER_STEP = 20
+
+
+def auto_hyper_step(search_steps: int) -> int:
+    """Model steps per controller step for a search window of ``search_steps``: ~CONTROLLER_UPDATES updates,
+    never rarer than every MAX_HYPER_STEP steps, never more than one per model step."""
+    return max(1, min(MAX_HYPER_STEP, round(search_steps / CONTROLLER_UPDATES)))
 
 
 @dataclass(frozen=True)
@@ -36,7 +47,7 @@ class ScheduleConfig:
     lambda_switch: Point = 0.49
     controller_lr_decay: Point | None = None  # None: at lambda_switch
     freeze_at: Point = 0.51
-    hyper_step: int = 20  # one controller step every this many model steps
+    hyper_step: int | None = None  # one controller step every this many model steps; None: auto_hyper_step
     mask_interval: Point | None = None  # resample the proximal mask; None: every epoch (or 1% of training)
     lambda_low: float = 10.0
     lambda_high: float = 1000.0
@@ -80,8 +91,9 @@ class Schedule:
         """Resolve ``cfg`` for a run of ``total_steps`` optimizer steps."""
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps <= 0:
             raise ConfigError(f"total_steps must be a positive int (epochs * batches per epoch), got {total_steps!r}")
-        if isinstance(cfg.hyper_step, bool) or not isinstance(cfg.hyper_step, int) or cfg.hyper_step < 1:
-            raise ConfigError(f"hyper_step must be an int >= 1, got {cfg.hyper_step!r}")
+        h = cfg.hyper_step
+        if h is not None and (isinstance(h, bool) or not isinstance(h, int) or h < 1):
+            raise ConfigError(f"hyper_step must be an int >= 1 (or None: derived from the run), got {h!r}")
         pts = {
             name: _resolve(name, getattr(cfg, name), total_steps)
             for name in ("controller_start", "proximal_start", "lambda_switch", "freeze_at")
@@ -108,9 +120,11 @@ class Schedule:
                 f"decide_at must fall strictly between controller_start and freeze_at: controller_start="
                 f"{pts['controller_start']}, decide_at={decide}, freeze_at={pts['freeze_at']} steps (of {total_steps})"
             )
+        if h is None:  # the search window: from controller_start to the decision (decide) or the freeze
+            h = auto_hyper_step((pts["freeze_at"] if decide is None else decide) - pts["controller_start"])
         return cls(
             total_steps=total_steps,
-            hyper_step=cfg.hyper_step,
+            hyper_step=h,
             mask_interval=max(1, int(interval)),
             lambda_low=float(cfg.lambda_low),
             lambda_high=float(cfg.lambda_high),

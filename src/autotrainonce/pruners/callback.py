@@ -61,7 +61,8 @@ class PrunerCallback(Callback):
                 self._warned_step = True
             p.global_step = expected
         was_final = _final(p)
-        cut = p.step(optimizer)
+        # the training batch of this step: ATO's controller learns from it when the run holds no data out
+        cut = p.step(optimizer, batch=getattr(trainer, "batch", None))
         if _final(p) and not was_final and _is_main(trainer):
             self.write_mask(getattr(trainer, "run_dir", None))
         if cut:

@@ -72,7 +72,8 @@ def build_model(cfg: Config) -> nn.Module:
 
 def build_data(cfg: Config) -> RunData:
     """Datasets for ``cfg`` (model.in_channels already resolved); the holdout is split off only for pruning
-    methods that use one (``Pruner.uses_holdout``: ATO's controller).
+    methods that use one (``Pruner.uses_holdout``: ATO's controller) and only when ``data.holdout_fraction``
+    is above 0 (at 0 such a method is given each training batch instead).
 
     The held-out images use the evaluation transform: the pruning controller should see clean images.
     """
@@ -90,9 +91,9 @@ def build_data(cfg: Config) -> RunData:
         keep = list(range(min(d.train_subset, len(base))))  # type: ignore[arg-type]
         train, clean = Subset(base, keep), Subset(clean, keep)
     holdout = None
-    if cfg.prune.method != "none" and getattr(pruners.PRUNERS.get(cfg.prune.method), "uses_holdout", True):
-        if d.holdout_fraction <= 0:
-            raise ConfigError("pruning needs a held-out set: set data.holdout_fraction above 0 (e.g. 0.05)")
+    uses_holdout = getattr(pruners.PRUNERS.get(cfg.prune.method), "uses_holdout", True)
+    # holdout_fraction 0: no image is held out; the controller then learns from the training batches
+    if cfg.prune.method != "none" and uses_holdout and d.holdout_fraction > 0:
         train_part, hold_part = data.split_holdout(train, d.holdout_fraction, seed=cfg.run.seed)
         train, holdout = train_part, Subset(clean, hold_part.indices)
     return RunData(train=train, test=test, holdout=holdout, info=info)

@@ -154,6 +154,7 @@ class TrainingLoop(CheckpointMixin):
                 x, y = batch
                 x, y = self._inputs(x), y.to(self.device, non_blocking=True)
                 lr = self.optimizer.param_groups[0]["lr"]
+                self.batch = (x, y)  # for callbacks: a pruner without a holdout learns from the training batch
                 loss, hits, stepped = self._train_step(x, y, epoch, i)
                 n = y.shape[0]
                 samples += n

@@ -137,6 +137,8 @@ class Trainer(TrainingLoop):
         self.start_epoch = 0
         self.global_step = 0  # optimiser steps taken so far, over all epochs
         self.step_in_epoch = 0  # batches of the current epoch consumed so far
+        #: the (inputs, targets) of the step in progress, for callbacks (a pruner without a holdout learns from it)
+        self.batch: tuple[Any, Any] | None = None
         self.last_metrics: dict[str, float] = {}
         tensorboard = cfg.run.tensorboard if tensorboard is None else tensorboard
         self.metrics = MetricsLogger(

@@ -70,7 +70,7 @@ def _weight_sum(model) -> float:
         (dict(variant="decide", decide_at=0.6), r"decide_at must fall strictly between.*decide_at=60.*freeze_at=51"),
         (dict(variant="decide", decide_at=10), r"strictly between controller_start and freeze_at.*controller_start=10"),
         (dict(variant="decide", decide_at=-1), r"decide_at=-1 must be >= 0"),
-        (dict(variant="decide", decide_by="l2"), r"decide_by='l2'; choose one of 'controller', 'magnitude'"),
+        (dict(variant="decide", decide_by="l2"), r"decide_by='l2'; choose one of 'controller', 'widths', 'magnitude'"),
         (dict(decide_by="random"), r"decide_by='random' only applies to variant='decide'"),
     ],
 )
@@ -203,6 +203,24 @@ def test_decide_state_round_trip_mid_ramp_continues_identically():
     assert all(torch.equal(a, c) for a, c in zip(pa.mask, pc.mask))
     for (k, va), vc in zip(ma.state_dict().items(), mc.state_dict().values()):
         assert torch.equal(va, vc), k
+
+
+def test_decide_by_widths_keeps_the_controllers_widths_and_the_largest_channels():
+    runs = {}
+    for by in ("controller", "widths"):
+        model, opt, pruner = _setup(Params(0.4), **DECIDE, decide_by=by)
+        for xb, yb in _batches()[:15]:
+            _one_step(model, opt, pruner, xb, yb)
+        assert pruner.decided
+        runs[by] = (model, pruner)
+    (_, ctrl), (model, widths) = runs["controller"], runs["widths"]
+    assert [int(m.sum()) for m in ctrl.mask] == [int(m.sum()) for m in widths.mask]  # same widths, same cost
+    from autotrainonce.space.selection import channel_scores
+
+    scores = channel_scores(widths.space, model)  # the weights after the decision step (one ramp step later)
+    for gi, keep in zip(widths.prunable, widths.mask):
+        if not keep.all():
+            assert float(scores[gi][keep].min()) >= float(scores[gi][~keep].max())
 
 
 @pytest.mark.parametrize("by", ["magnitude", "random"])

@@ -326,7 +326,7 @@ class AutoTrainOnce(Cutting, RankSync, Reporting, Pruner):
         assert s.decide_at is not None
         opt = optimizer if self.config.reset_optimizer_state else None
         if not self.decided and not self.frozen:
-            if s.controller_active(t) and t < s.decide_at and self.config.decide_by == "controller":
+            if s.controller_active(t) and t < s.decide_at and self.config.decide_by in ("controller", "widths"):
                 self._search_step(t, batch)
             if t >= s.decide_at:
                 self.decide()

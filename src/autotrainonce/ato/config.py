@@ -15,9 +15,10 @@ from .schedule import Point, ScheduleConfig
 __all__ = ["AtoConfig", "VARIANTS", "DECIDE_AT", "DECIDE_BY"]
 
 VARIANTS = ("paper", "decide")
-#: who chooses the mask at decide_at: the controller (ATO), or, as ablation controls with the same ramp and
-#: cut, the channels' weight magnitude or chance (both calibrated to the same target; no controller steps)
-DECIDE_BY = ("controller", "magnitude", "random")
+#: who chooses the mask at decide_at: the controller (ATO); the controller's per-group widths with the
+#: largest-L1 channels inside each group ("widths"); or, as ablation controls with the same ramp and cut, the
+#: channels' weight magnitude or chance (both calibrated to the same target; no controller steps)
+DECIDE_BY = ("controller", "widths", "magnitude", "random")
 #: default decision point of variant="decide" (fraction of training): 0.25 of the run searches (from
 #: controller_start 0.10), 0.16 ramps the dropped channels down before the freeze at 0.51
 DECIDE_AT = 0.35
@@ -55,7 +56,7 @@ class AtoConfig:
     # the deterministic calibrated choice and only its dropped channels ramp to exactly zero at freeze_at.
     variant: str = "paper"
     decide_at: Point | None = None  # variant="decide" only; None: DECIDE_AT
-    decide_by: str = "controller"  # variant="decide" only; "magnitude" / "random": ablation controls
+    decide_by: str = "controller"  # variant="decide" only; "widths"; "magnitude" / "random": ablation controls
     # exactness and reproducibility
     reset_optimizer_state: bool = True
     zero_at_freeze: bool = True

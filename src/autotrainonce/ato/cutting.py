@@ -30,7 +30,13 @@ class Cutting:
         if self.decided or self.frozen:
             return
         by = self.config.decide_by
-        self._set_mask(self._agree(self.final_mask() if by == "controller" else self._control_mask(by)))
+        if by == "controller":
+            mask = self.final_mask()
+        elif by == "widths":
+            mask = self._widths_mask(self.final_mask())
+        else:
+            mask = self._control_mask(by)
+        self._set_mask(self._agree(mask))
         self.decided = True
         if is_rank0():
             flops, params = self._removed(self.mask)
@@ -39,6 +45,17 @@ class Cutting:
                 "to zero until the freeze at step %d", self.global_step, 100 * flops, 100 * params,
                 self.schedule.freeze_at,
             )
+
+    def _widths_mask(self, mask: list[torch.Tensor]) -> list[torch.Tensor]:
+        """decide_by="widths": as many channels per group as ``mask`` keeps, but the largest-L1 ones (the cost
+        depends on the counts only, so the target is met exactly as by ``mask``)."""
+        scores = channel_scores(self.space, self.model)
+        out = []
+        for gi, keep in zip(self.prunable, mask):
+            chosen = torch.zeros_like(keep, dtype=torch.bool)
+            chosen[torch.topk(scores[gi], int(keep.sum())).indices] = True
+            out.append(chosen)
+        return out
 
     def _control_mask(self, by: str) -> list[torch.Tensor]:
         """Ablation controls of the decision (decide_by): the lowest-L1 channels, or random ones, dropped

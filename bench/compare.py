@@ -340,8 +340,10 @@ def merge(args: argparse.Namespace) -> int:
     """Merge the results of several invocations (same recipe) into one results.md/csv/json under ``--out``.
 
     Each row keeps the time ratios of its own invocation (a ratio is only meaningful against the dense run
-    timed beside it); a dense run present in several invocations is kept once, and its top-1 must agree
-    (the same seed gives the same run), else the merge is refused. 0 on success, 2 on unusable input.
+    timed beside it; an invocation without a dense run has none); Δ top-1 is taken against the dense run of
+    the same model and seed from any invocation. A dense run present in several invocations is kept once, and
+    its top-1 must agree (the same seed gives the same run), else the merge is refused. 0 on success, 2 on
+    unusable input.
     """
     loaded = []
     for folder in args.merge_list:
@@ -389,6 +391,13 @@ def merge(args: argparse.Namespace) -> int:
         f"{res['environment'].get('command')})" for folder, res in loaded
     )
     args.out.mkdir(parents=True, exist_ok=True)
+    # Δ top-1 against the dense run of the same model and seed from any invocation (the same seed gives the
+    # same dense run, see above); the time ratios stay those of each row's own invocation
+    dense = {(r["model"], r["seed"]): r for r in rows if r["method"] == "dense" and not r.get("error")}
+    for r in rows:
+        ref = dense.get((r["model"], r["seed"]))
+        if ref is not None and r.get("test_top1") is not None:
+            r["top1_delta_pp"] = float(r["test_top1"]) - float(ref["test_top1"])
     text = save(merged, env, rows, done=all(res.get("complete") for _, res in loaded), ratios=False)
     print(text.split("\nPer run:")[0].rstrip())
     print(f"\nmerged {len(loaded)} invocations: {args.out}/results.md, results.csv, results.json")

@@ -350,3 +350,21 @@ def test_merge_refuses_other_recipes_and_overlaps(compare, tmp_path, capsys):
     assert "in both" in capsys.readouterr().err
     assert compare.main(["--merge", f"{a},{tmp_path / 'nothing'}", "--out", str(tmp_path / "m3")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_merge_takes_delta_top1_from_another_invocations_dense_run(compare, quick, tmp_path):
+    """An invocation without dense cells gets its Δ top-1 from the dense run of the same seed elsewhere."""
+    res = json.loads((quick["out"] / "results.json").read_text())
+    dense = [r for r in res["rows"] if r["method"] == "dense"]
+    pruned = [r for r in res["rows"] if r["method"] == "l1-oneshot"]
+    for name, rows in (("dense", dense), ("pruned", pruned)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps({**res, "rows": rows}))
+    pruned[0]["top1_delta_pp"] = None  # as an invocation without a dense run leaves it
+    (tmp_path / "pruned" / "results.json").write_text(json.dumps({**res, "rows": pruned}))
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert compare.main(["--merge", f"{tmp_path / 'dense'},{tmp_path / 'pruned'}", "--out",
+                             str(tmp_path / "m")]) == 0  # fmt: skip
+    rows = json.loads((tmp_path / "m" / "results.json").read_text())["rows"]
+    l1 = next(r for r in rows if r["method"] == "l1-oneshot")
+    assert l1["top1_delta_pp"] == pytest.approx(l1["test_top1"] - dense[0]["test_top1"])

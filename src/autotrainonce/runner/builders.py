@@ -91,9 +91,9 @@ def build_data(cfg: Config) -> RunData:
         keep = list(range(min(d.train_subset, len(base))))  # type: ignore[arg-type]
         train, clean = Subset(base, keep), Subset(clean, keep)
     holdout = None
-    uses_holdout = getattr(pruners.PRUNERS.get(cfg.prune.method), "uses_holdout", True)
     # holdout_fraction 0: no image is held out; the controller then learns from the training batches
-    if cfg.prune.method != "none" and uses_holdout and d.holdout_fraction > 0:
+    pruning = cfg.prune.method != "none"
+    if pruning and d.holdout_fraction > 0 and getattr(pruners.PRUNERS.get(cfg.prune.method), "uses_holdout", True):
         train_part, hold_part = data.split_holdout(train, d.holdout_fraction, seed=cfg.run.seed)
         train, holdout = train_part, Subset(clean, hold_part.indices)
     return RunData(train=train, test=test, holdout=holdout, info=info)

@@ -68,7 +68,7 @@ def test_controller_step_trains_only_the_controller():
     model.b2.eval()  # a submodule the user froze must stay in eval mode
     _, holdout, _ = loaders()
     pruner = AutoTrainOnce(model, EX, Flops(0.5), holdout=holdout, total_steps=100, controller_start=1,
-                           hyper_step=1, proximal_start=100, freeze_at=100)  # fmt: skip
+                           hyper_step=1, proximal_start=100, freeze_at=100, variant="paper")  # fmt: skip
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     ctrl_before = [p.detach().clone() for p in pruner.controller.parameters()]

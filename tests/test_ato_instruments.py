@@ -18,7 +18,8 @@ from autotrainonce.ato.instruments import NEAR_ZERO, mask_distance, near_zero_ke
 from autotrainonce.measure import eval_outputs, relative_output_change
 
 # A 40-step run: controller from step 3, draws every 5 steps, proximal from 6, freeze at 30 (as test_ato.py).
-SHORT = dict(controller_start=3, hyper_step=2, proximal_start=6, lambda_switch=24, freeze_at=30,
+# the paper variant: its noisy draws are what the freeze report compares the frozen mask with
+SHORT = dict(variant="paper", controller_start=3, hyper_step=2, proximal_start=6, lambda_switch=24, freeze_at=30,
              mask_interval=5, controller_lr=1e-2)  # fmt: skip
 FREEZE_KEYS = ("step", "channels", "dropped", "draw_dropped", "hamming", "hamming_frac", "shrunk_kept",
                "cut_unshrunk", "kept_near_zero", "kept_near_zero_frac", "kept_zero", "output_change")  # fmt: skip

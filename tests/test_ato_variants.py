@@ -64,14 +64,14 @@ def _weight_sum(model) -> float:
     ("options", "match"),
     [
         (dict(variant="bogus"), r"variant='bogus'; choose one of 'paper', 'decide'"),
-        (dict(decide_at=0.3), r"decide_at=0\.3 only applies to variant='decide'"),
+        (dict(variant="paper", decide_at=0.3), r"decide_at=0\.3 only applies to variant='decide'"),
         (dict(variant="decide", decide_at=1.5), r"decide_at=1\.5.*fraction of training"),
         (dict(variant="decide", decide_at="half"), r"decide_at='half' has the wrong type"),
         (dict(variant="decide", decide_at=0.6), r"decide_at must fall strictly between.*decide_at=60.*freeze_at=51"),
         (dict(variant="decide", decide_at=10), r"strictly between controller_start and freeze_at.*controller_start=10"),
         (dict(variant="decide", decide_at=-1), r"decide_at=-1 must be >= 0"),
         (dict(variant="decide", decide_by="l2"), r"decide_by='l2'; choose one of 'controller', 'widths', 'magnitude'"),
-        (dict(decide_by="random"), r"decide_by='random' only applies to variant='decide'"),
+        (dict(variant="paper", decide_by="random"), r"decide_by='random' only applies to variant='decide'"),
     ],
 )
 def test_bad_variant_options_raise_config_errors(options, match):
@@ -83,7 +83,19 @@ def test_decide_at_defaults_to_a_fraction_of_the_run():
     for total in (100, 1000):
         s = Schedule.build(AtoConfig(variant="decide").schedule(), total)
         assert s.decide_at == round(DECIDE_AT * total) and s.controller_start < s.decide_at < s.freeze_at
-    assert Schedule.build(AtoConfig().schedule(), 100).decide_at is None  # the paper never decides early
+    assert Schedule.build(AtoConfig(variant="paper").schedule(), 100).decide_at is None  # never decides early
+    assert AtoConfig().variant == "decide" and Schedule.build(AtoConfig().schedule(), 100).decide_at == 35
+
+
+def test_default_decide_at_fits_short_runs_and_a_given_one_is_checked():
+    def decide(total: int, **options) -> int:
+        return Schedule.build(AtoConfig(**options).schedule(), total).decide_at
+
+    assert decide(10) == 4 and decide(4) == 1  # 0.35 of the run (rounded), inside (controller_start, freeze_at)
+    assert decide(2) == 1 and decide(1) == 1  # no room for a search: decided at the freeze
+    assert decide(20, controller_start=6) == 7  # moved into the window, after the controller's first step
+    with pytest.raises(ConfigError, match="decide_at must fall strictly between"):
+        decide(20, controller_start=6, decide_at=0.2)  # the user's own value is not moved
 
 
 def test_ramp_telescopes_to_exactly_zero_at_the_freeze():
@@ -125,9 +137,8 @@ PAPER_MASK = [[1, 1, 0, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 
 PAPER_WEIGHT_SUM = 68.57617002067127
 
 
-@pytest.mark.parametrize("explicit", [False, True])
-def test_paper_variant_reproduces_the_unchanged_algorithm(explicit):
-    model, opt, pruner = _setup(**PAPER, **(dict(variant="paper") if explicit else {}))
+def test_paper_variant_reproduces_the_unchanged_algorithm():
+    model, opt, pruner = _setup(**PAPER, variant="paper")
     for xb, yb in _batches():
         _one_step(model, opt, pruner, xb, yb)
     assert [m.int().tolist() for m in pruner.mask] == PAPER_MASK

@@ -116,7 +116,9 @@ def test_readme_loop_trains_the_compact_model_to_the_end(opt_name):
     acc_end, pruner_end, _, _ = _run_readme_loop(opt_name, "end")
     assert not pruner_end.cut
     assert acc_freeze > 50  # it learned the task
-    assert abs(acc_freeze - acc_end) <= 1.0, (acc_freeze, acc_end)
+    assert [m.tolist() for m in pruner.mask] == [m.tolist() for m in pruner_end.mask]  # the same decision
+    # after the cut only float summation order differs between the two; freeze must not lose more than that
+    assert acc_freeze >= acc_end - 1.5, (acc_freeze, acc_end)
 
 
 class Inception(nn.Module):

@@ -53,6 +53,9 @@ class ScheduleConfig:
     lambda_high: float = 1000.0
     # variant="decide" only: the mask is decided here and its dropped channels ramp to zero until freeze_at
     decide_at: Point | None = None
+    # decide_at is the default, not the user's: in a run too short for it, move it into the search window
+    # (or onto the freeze) instead of refusing
+    decide_default: bool = False
 
 
 def _resolve(name: str, value: Point, total: int) -> int:
@@ -114,7 +117,10 @@ class Schedule:
         if cfg.lambda_low < 0 or cfg.lambda_high < 0:
             raise ConfigError("lambda_low and lambda_high must be >= 0")
         decide = None if cfg.decide_at is None else _resolve("decide_at", cfg.decide_at, total_steps)
-        if decide is not None and not pts["controller_start"] < decide < pts["freeze_at"]:
+        if decide is not None and cfg.decide_default:
+            lo, hi = pts["controller_start"] + 1, pts["freeze_at"] - 1
+            decide = min(max(decide, lo), hi) if lo <= hi else pts["freeze_at"]  # a tiny run: decide at the freeze
+        elif decide is not None and not pts["controller_start"] < decide < pts["freeze_at"]:
             # the controller needs at least one step before the decision, and the ramp at least one step after it
             raise ConfigError(
                 f"decide_at must fall strictly between controller_start and freeze_at: controller_start="

@@ -38,14 +38,7 @@ DEMO_CONFIG: dict[str, Any] = {
     "prune": {
         "method": "ato",
         "remove_flops": 0.5,
-        "options": {
-            "controller_start": 0.10,
-            "proximal_start": 0.20,
-            "lambda_switch": 0.49,
-            "freeze_at": 0.51,
-            "hyper_step": 5,
-            "mask_interval": 0.05,
-        },
+        "options": {"controller_start": 0.10, "decide_at": 0.35, "freeze_at": 0.51},
     },
 }
 _REPO_DEMO_YAML = Path(__file__).resolve().parents[3] / "configs" / "demo.yaml"

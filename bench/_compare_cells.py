@@ -367,6 +367,11 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
     row["epochs"] = cfg.run.epochs
     row["epoch_s"] = sum(timer.train_seconds) / max(1, len(timer.train_seconds))
     row["steps_per_epoch"] = int(trainer.steps_per_epoch)
+    # the epochs that end before the window does (ATO's freeze, every method's last cut): the cost of the search
+    last = spec.window[1] * total_steps
+    pre = [t for i, t in enumerate(timer.train_seconds) if (i + 1) * row["steps_per_epoch"] <= last]
+    row["precut_epochs"] = len(pre)
+    row["precut_epoch_s"] = sum(pre) / len(pre) if pre else math.nan
     row["step_ms"] = 1000.0 * row["epoch_s"] / max(1, row["steps_per_epoch"])
     row["train_images"] = len(run_data.train)
     row["search_s"] = method.search_seconds()

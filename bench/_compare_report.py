@@ -36,14 +36,16 @@ __all__ = [
 COLUMNS = [
     "model", "method", "target_pct", "seed", "macs_removed_pct", "params_removed_pct", "macs_gap_pp",
     "test_top1", "top1_delta_pp", "dense_macs", "compact_macs", "dense_params", "compact_params", "epochs",
-    "steps_per_epoch", "train_images", "epoch_s", "epoch_ratio", "step_ms", "step_ratio", "run_s",
+    "steps_per_epoch", "train_images", "epoch_s", "epoch_ratio", "precut_epochs", "precut_epoch_s",
+    "precut_ratio", "step_ms", "step_ratio", "run_s",
     "run_ratio", "search_s", "lat1_ms", "lat1_dense_ms", "lat1_ratio", "lat64_ms", "lat64_dense_ms",
     "lat64_ratio", "cut_change", "cut_change_l2", "freeze_hamming", "freeze_hamming_frac", "freeze_shrunk_kept",
     "freeze_cut_unshrunk", "freeze_kept_near_zero", "freeze_kept_near_zero_frac", "freeze_kept_zero", "finetune",
     "setting", "run_dir", "warnings", "error",
 ]  # fmt: skip
 # Ratio columns filled from the dense row of the same model and seed: (ratio, value).
-RATIOS = [("epoch_ratio", "epoch_s"), ("step_ratio", "step_ms"), ("run_ratio", "run_s")]
+RATIOS = [("epoch_ratio", "epoch_s"), ("precut_ratio", "precut_epoch_s"), ("step_ratio", "step_ms"),
+          ("run_ratio", "run_s")]  # fmt: skip
 METHOD_ORDER = ("dense", "ato", "ato-freeze", "torch-pruning", "oto-hesso", "l1-oneshot", "magnitude")
 
 
@@ -202,8 +204,8 @@ def _fraction(value: Any) -> str:
 
 def per_run_table(rows: list[dict[str, Any]]) -> str:
     """Every cell on its own, with the method's setting (peer configuration) and any error."""
-    header = ["model", "method", "requested", "seed", "MACs removed", "top-1 %", "epoch ×", "run ×",
-              "cut Δ (rel.)", "cut Δ L2", "draw ≠ frozen", "setting", "error"]  # fmt: skip
+    header = ["model", "method", "requested", "seed", "MACs removed", "top-1 %", "epoch ×", "pre-cut epoch ×",
+              "run ×", "cut Δ (rel.)", "cut Δ L2", "draw ≠ frozen", "setting", "error"]  # fmt: skip
     body = []
     for r in rows:
 
@@ -215,12 +217,12 @@ def per_run_table(rows: list[dict[str, Any]]) -> str:
         hamming = _num(r.get("freeze_hamming_frac"))
         body.append([r["model"], r["method"], f"{r['target_pct']:g}%" if r["method"] != "dense" else "—",
                      r["seed"], f("macs_removed_pct", 1), f("test_top1", 2), f("epoch_ratio", 2),
-                     f("run_ratio", 2), "—" if math.isnan(cut) else f"{cut:.1e}",
+                     f("precut_ratio", 2), f("run_ratio", 2), "—" if math.isnan(cut) else f"{cut:.1e}",
                      "—" if math.isnan(l2) else f"{l2:.1e}",
                      "—" if math.isnan(hamming) else f"{100 * hamming:.1f}%",
                      str(r.get("setting") or "").replace("|", "/"),
                      str(r.get("error") or "").replace("|", "/")])  # fmt: skip
-    return markdown_table(header, body, align="lllrrrrrrrrll")
+    return markdown_table(header, body, align="lllrrrrrrrrrll")
 
 
 def plot_target(targets: Sequence[float], wanted: float = 50.0) -> float | None:

@@ -78,8 +78,12 @@ def test_quick_run_writes_every_output(quick, cells):
     assert "fine-tuning needed" in md and "| resnet20 | dense |" in md
     assert "At the cut:" in md and "draw ≠ frozen" in md and "Kept widths at 50% MACs removed:" in md
     # the instrument columns are in the CSV and hold numbers where they apply
-    for col in ("cut_change_l2", "freeze_hamming_frac", "freeze_kept_near_zero", "freeze_kept_zero"):
+    for col in ("cut_change_l2", "freeze_hamming_frac", "freeze_kept_near_zero", "freeze_kept_zero",
+                "precut_epoch_s", "precut_ratio"):
         assert col in rows[0], col
+    for r in rows:  # 2 epochs, window end at 0.51: the first epoch is the one before the cut
+        assert r["precut_epochs"] == "1" and float(r["precut_epoch_s"]) > 0, r["method"]
+    assert "pre-cut epoch ×" in md
     for r in rows:
         if r["method"] in ("ato", "ato-freeze"):
             assert 0.0 <= float(r["freeze_hamming_frac"]) <= 1.0 and float(r["freeze_kept_near_zero"]) >= 0

@@ -155,7 +155,7 @@ def test_unknown_prune_method_lists_the_registered_ones(capsys, tmp_path):
 
 
 def test_no_holdout_gives_the_pruner_every_training_batch(capsys, tmp_path, monkeypatch):
-    """data.holdout_fraction=0: nothing is held out, and the pruner's step gets each training batch instead."""
+    """data.holdout_fraction=0 (the default): nothing is held out; the pruner's step gets each training batch."""
     seen: dict[str, list] = {"holdout": [], "batches": []}
 
     class BatchPruner(pruners.Pruner):
@@ -183,7 +183,7 @@ def test_no_holdout_gives_the_pruner_every_training_batch(capsys, tmp_path, monk
     monkeypatch.setitem(pruners.PRUNERS._builders, "batchy", BatchPruner)
     monkeypatch.setattr(export, "onnx_available", lambda: False)
     code, _, err = run(capsys, *DIGITS_RUN, "--out-dir", str(tmp_path), "--prune", "batchy", "--remove-flops",
-                       "0.4", "--set", "data.holdout_fraction=0")  # fmt: skip
+                       "0.4")  # fmt: skip (holdout_fraction 0 is the default)
     assert code == 0, err
     assert seen["holdout"] == [None]
     assert seen["batches"] == [((32, 1, 8, 8), (32,))] * 6  # 2 epochs x 3 steps, every one with its batch
@@ -220,7 +220,7 @@ def test_prune_hook_gets_holdout_and_exports(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(export, "onnx_available", lambda: False)  # ONNX has its own tests; keep this fast
     code, out, err = run(
         capsys, *DIGITS_RUN, "--out-dir", str(tmp_path), "--name", "p", "--prune", "fake",
-        "--remove-flops", "0.4",
+        "--remove-flops", "0.4", "--set", "data.holdout_fraction=0.05",
     )
     assert code == 0, err
     assert seen["target"].remove == 0.4 and seen["shape"] == (1, 1, 8, 8) and seen["total"] == 6

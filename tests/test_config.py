@@ -24,7 +24,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 def test_defaults():
     cfg = Config()
-    assert cfg.data.batch_size == 128 and cfg.data.holdout_fraction == 0.05
+    assert cfg.data.batch_size == 128 and cfg.data.holdout_fraction == 0.0
     assert cfg.optim.momentum == 0.9 and cfg.prune.method == "none" and cfg.run.out_dir == "runs"
 
 

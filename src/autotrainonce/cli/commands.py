@@ -26,7 +26,7 @@ DEMO_CONFIG: dict[str, Any] = {
     "data": {
         "name": "fashion-mnist",
         "augment": False,
-        "holdout_fraction": 0.05,
+        "holdout_fraction": 0.0,
         "batch_size": 128,
         "eval_batch_size": 500,
         "workers": 0,

@@ -53,8 +53,9 @@ class DataConfig:
     """Convert images to this many channels (1 or 3); None keeps the dataset's channels."""
     augment: bool = True
     """Use the dataset's training augmentation (random crop / flip)."""
-    holdout_fraction: float = 0.05
-    """Share of the training set held out for the pruning controller (only used when pruning)."""
+    holdout_fraction: float = 0.0
+    """Share of the training set held out for the pruning controller (only used when pruning); 0 (default):
+    nothing is held out and the controller learns from the training batches (docs/decisions.md)."""
     train_subset: int | None = None
     """Use only the first N training samples (quick runs); None uses them all."""
     batch_size: int = 128

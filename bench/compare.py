@@ -237,8 +237,8 @@ last step, pruning work inside the steps included); *run s*: the whole cell from
 model in hand (pruning searches, export / `construct_subnet` included; the final test evaluation and the
 latency measurement excluded). *× dense* divides by the dense run of the same model and seed **in this
 invocation**. *pre-cut epoch ×*: mean time of the epochs that end before the pruning window does (ATO's search
-and ramp, before any method's last cut) over the same epochs of the dense run (ATO's epochs have 5% fewer
-steps when it holds 5% of the images out). Latency: median CPU forward time, compact and dense measured alternately after all training.
+and ramp, before any method's last cut) over the same epochs of the dense run (with `data.holdout_fraction` above 0
+ATO's epochs have that many fewer steps). Latency: median CPU forward time, compact and dense measured alternately after all training.
 *fine-tuning needed*: "yes" when producing the compact model changed what the network computes (relative
 output change on 64 test images > 1e-3 at some cut) so that the method relies on training after the cut to
 recover; "no" when the removed channels were already zero (the cut is exact). Every method trains for the

@@ -258,7 +258,8 @@ def _setup(spec: CellSpec, cfg: Config, model: nn.Module, example: torch.Tensor,
         return _Method(
             [cb], finish,
             lambda: [c for c in (cut_probe.change, state.get("export", math.nan)) if not math.isnan(c)],
-            lambda: f"surgery={options.get('surgery', 'end')}, hyper_step={options.get('hyper_step', 20)}"
+            lambda: f"surgery={options.get('surgery', 'end')}, hyper_step={cb.pruner.schedule.hyper_step}, "
+            f"holdout {100 * cfg.data.holdout_fraction:g}%"
             + (f", variant={options['variant']}" if "variant" in options else "")  # ablations tell rows apart
             + (f", decide_at={options['decide_at']}" if "decide_at" in options else ""),
             out_changes=lambda: [cut_probe.l2], instruments=freeze_instruments,

@@ -334,8 +334,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # the options that define the recipe: invocations may only be merged when these agree
+# (threads too: on a CPU the number of torch threads changes float rounding, and so each run's trajectory)
 RECIPE_KEYS = ("data", "epochs", "train_subset", "batch_size", "lr", "warmup_epochs", "window", "prune_steps",
-               "hesso_periods", "set", "quick", "device")  # fmt: skip
+               "hesso_periods", "set", "quick", "device", "threads")  # fmt: skip
 
 
 def merge(args: argparse.Namespace) -> int:

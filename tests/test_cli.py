@@ -154,11 +154,28 @@ def test_unknown_prune_method_lists_the_registered_ones(capsys, tmp_path):
     _assert_one_line_error(code, err, "'prune.method' must be one of none, ato, l1, magnitude, got 'l2'")
 
 
+class _KeepAllPruner(pruners.Pruner):
+    """A registered method that keeps everything; the tests give it a name and a constructor."""
+
+    def step(self, optimizer, batch=None):
+        self.global_step += 1
+        return False
+
+    def export(self):
+        return copy.deepcopy(self.model)
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state, optimizer=None):
+        pass
+
+
 def test_no_holdout_gives_the_pruner_every_training_batch(capsys, tmp_path, monkeypatch):
     """data.holdout_fraction=0 (the default): nothing is held out; the pruner's step gets each training batch."""
     seen: dict[str, list] = {"holdout": [], "batches": []}
 
-    class BatchPruner(pruners.Pruner):
+    class BatchPruner(_KeepAllPruner):
         name = "batchy"
         uses_holdout = True
 
@@ -167,18 +184,8 @@ def test_no_holdout_gives_the_pruner_every_training_batch(capsys, tmp_path, monk
             self.model, self.cut_report = model, {}
 
         def step(self, optimizer, batch=None):
-            self.global_step += 1
             seen["batches"].append(None if batch is None else (tuple(batch[0].shape), tuple(batch[1].shape)))
-            return False
-
-        def export(self):
-            return copy.deepcopy(self.model)
-
-        def state_dict(self):
-            return {}
-
-        def load_state_dict(self, state, optimizer=None):
-            pass
+            return super().step(optimizer, batch)
 
     monkeypatch.setitem(pruners.PRUNERS._builders, "batchy", BatchPruner)
     monkeypatch.setattr(export, "onnx_available", lambda: False)
@@ -192,7 +199,7 @@ def test_no_holdout_gives_the_pruner_every_training_batch(capsys, tmp_path, monk
 def test_prune_hook_gets_holdout_and_exports(capsys, tmp_path, monkeypatch):
     seen = {}
 
-    class FakePruner(pruners.Pruner):
+    class FakePruner(_KeepAllPruner):
         """A registered method that keeps everything (the run must still report and export)."""
 
         name = "fake"
@@ -202,19 +209,6 @@ def test_prune_hook_gets_holdout_and_exports(capsys, tmp_path, monkeypatch):
             seen.update(target=target, shape=tuple(example_inputs.shape), total=total_steps,
                         holdout=len(holdout.dataset))  # fmt: skip
             self.model, self.cut_report = model, {}
-
-        def step(self, optimizer, batch=None):
-            self.global_step += 1
-            return False
-
-        def export(self):
-            return copy.deepcopy(self.model)
-
-        def state_dict(self):
-            return {}
-
-        def load_state_dict(self, state, optimizer=None):
-            pass
 
     monkeypatch.setitem(pruners.PRUNERS._builders, "fake", FakePruner)
     monkeypatch.setattr(export, "onnx_available", lambda: False)  # ONNX has its own tests; keep this fast

@@ -67,11 +67,17 @@ def _weight_sum(model) -> float:
         (dict(variant="paper", decide_at=0.3), r"decide_at=0\.3 only applies to variant='decide'"),
         (dict(variant="decide", decide_at=1.5), r"decide_at=1\.5.*fraction of training"),
         (dict(variant="decide", decide_at="half"), r"decide_at='half' has the wrong type"),
-        (dict(variant="decide", decide_at=0.6), r"decide_at must fall strictly between.*decide_at=60.*freeze_at=51"),
-        (dict(variant="decide", decide_at=10), r"strictly between controller_start and freeze_at.*controller_start=10"),
+        (dict(variant="decide", decide_at=0.6), r"decide_at must fall strictly between.*decide_at=60.*freeze_at=25"),
+        (dict(variant="decide", decide_at=5), r"strictly between controller_start and freeze_at.*controller_start=5"),
         (dict(variant="decide", decide_at=-1), r"decide_at=-1 must be >= 0"),
         (dict(variant="decide", decide_by="l2"), r"decide_by='l2'; choose one of 'controller', 'widths', 'magnitude'"),
         (dict(variant="paper", decide_by="random"), r"decide_by='random' only applies to variant='decide'"),
+        (dict(resource_cost="mean"), r"resource_cost='mean'; choose one of 'draw', 'expected'"),
+        (dict(decide_when="soon"), r"decide_when='soon'; choose one of 'deadline', 'stable'"),
+        (dict(variant="paper", decide_when="stable"), r"decide_when='stable' watches the controller's mask"),
+        (dict(decide_by="random", decide_when="stable"), r"needs variant='decide' and decide_by"),
+        (dict(decide_when="stable", stable_tol=0.0), r"stable_tol must be in \(0, 1\)"),
+        (dict(decide_when="stable", stable_patience=0), r"stable_patience must be >= 1"),
     ],
 )
 def test_bad_variant_options_raise_config_errors(options, match):
@@ -84,18 +90,32 @@ def test_decide_at_defaults_to_a_fraction_of_the_run():
         s = Schedule.build(AtoConfig(variant="decide").schedule(), total)
         assert s.decide_at == round(DECIDE_AT * total) and s.controller_start < s.decide_at < s.freeze_at
     assert Schedule.build(AtoConfig(variant="paper").schedule(), 100).decide_at is None  # never decides early
-    assert AtoConfig().variant == "decide" and Schedule.build(AtoConfig().schedule(), 100).decide_at == 35
+    assert AtoConfig().variant == "decide"
+    s = Schedule.build(AtoConfig().schedule(), 100)  # the decide variant's own defaults: 0.05 / 0.12 / 0.25
+    assert (s.controller_start, s.decide_at, s.freeze_at) == (5, 12, 25)
+    p = Schedule.build(AtoConfig(variant="paper").schedule(), 100)  # the paper's schedule, unchanged
+    assert (p.controller_start, p.proximal_start, p.lambda_switch, p.freeze_at) == (10, 20, 49, 51)
 
 
 def test_default_decide_at_fits_short_runs_and_a_given_one_is_checked():
     def decide(total: int, **options) -> int:
         return Schedule.build(AtoConfig(**options).schedule(), total).decide_at
 
-    assert decide(10) == 4 and decide(4) == 1  # 0.35 of the run (rounded), inside (controller_start, freeze_at)
-    assert decide(2) == 1 and decide(1) == 1  # no room for a search: decided at the freeze
-    assert decide(20, controller_start=6) == 7  # moved into the window, after the controller's first step
+    def freeze(total: int, **options) -> int:
+        return Schedule.build(AtoConfig(**options).schedule(), total).freeze_at
+
+    assert decide(100) == 12 and decide(30) == 4  # 0.12 of the run (rounded), inside (controller_start, freeze_at)
+    assert decide(10) == 1 and freeze(10) == 2  # controller from step 0 (0.5 rounds to even), freeze at 2.5 -> 2
+    assert decide(4) == 1 and decide(2) == 1 and decide(1) == 1  # no room for a search: decided at the freeze
+    assert freeze(2) == 1 and freeze(1) == 1  # a defaulted freeze fits the run (0.25 of 2 steps rounds to 0)
+    assert (
+        decide(40, controller_start=3) == 5 and freeze(40, controller_start=3) == 10
+    )  # 0.12 * 40 = 4.8 -> 5
+    assert decide(40, controller_start=6) == 7  # moved into the window, after the controller's first step
     with pytest.raises(ConfigError, match="decide_at must fall strictly between"):
-        decide(20, controller_start=6, decide_at=0.2)  # the user's own value is not moved
+        decide(40, controller_start=6, decide_at=0.1)  # the user's own value is not moved
+    with pytest.raises(ConfigError, match="the controller must start before the mask freezes"):
+        freeze(40, controller_start=3, freeze_at=3)  # nor is the user's own freeze
 
 
 def test_ramp_telescopes_to_exactly_zero_at_the_freeze():
@@ -263,3 +283,82 @@ def test_decide_by_magnitude_drops_the_smallest_channels():
         if not keep.all() and keep.any():
             s = scores[gi]  # from one step earlier: the ranking of clearly separated channels holds
             assert float(s[~keep].mean()) < float(s[keep].mean())
+
+
+def test_expected_resource_cost_prices_the_keep_probabilities_without_noise():
+    """resource_cost="expected": r is the cost of sigmoid(scores), the same at every controller step of an
+    unchanged controller; "draw" (the paper) prices the step's noisy hard draw."""
+    x, y = digits()
+    batch = (x[:32], y[:32])
+    seen = {}
+    for cost in ("draw", "expected"):
+        _, _, pruner = _setup(resource_cost=cost, **DECIDE)
+        ctrl = pruner.controller
+        lr = [g["lr"] for g in pruner.controller_optimizer.param_groups]
+        for g in pruner.controller_optimizer.param_groups:
+            g["lr"] = 0.0  # keep the controller fixed: only the noise could change r
+        rs = []
+        for _ in range(4):
+            pruner._controller_step(batch)
+            rs.append(pruner.last["kept_fraction"])
+        for g, v in zip(pruner.controller_optimizer.param_groups, lr):
+            g["lr"] = v
+        with torch.no_grad():
+            expected = pruner.budget.kept_fraction(
+                pruner.target.soft_cost(pruner.space, pruner._full(ctrl.keep_probabilities()))
+            )
+        seen[cost] = (rs, float(expected))
+    rs, expected = seen["expected"]
+    assert all(r == rs[0] for r in rs) and math.isclose(rs[0], expected, rel_tol=1e-6)
+    assert len(set(seen["draw"][0])) > 1 or seen["draw"][0][0] != expected  # the paper's r is a noisy draw
+
+
+# the controller of this toy run reaches the target by step 9 at lr 1e-2: "stable" decides at step 11
+STABLE = dict(DECIDE, decide_when="stable", stable_tol=0.1, stable_patience=2)
+
+
+def test_decide_when_stable_decides_early_keeps_the_ramp_and_cuts_without_a_jump():
+    model, opt, pruner = _setup(Flops(0.5), **STABLE)
+    cut_at = None
+    for t, (xb, yb) in enumerate(_batches(), start=1):
+        if _one_step(model, opt, pruner, xb, yb):
+            cut_at = t
+    early = pruner.decided_early_at
+    assert early is not None and 3 < early < 15  # after the first controller steps, before the deadline
+    assert pruner.schedule.decide_at == early and pruner.schedule.freeze_at == early + (30 - 15)
+    assert cut_at == pruner.schedule.freeze_at and pruner.cut
+    assert pruner.freeze_report["output_change"] <= 1e-6 and pruner.freeze_report["hamming"] == 0.0
+    assert abs(pruner.metrics()["ato/flops_removed"] - 0.5) <= 0.03
+
+
+def test_decide_when_stable_never_stable_is_the_deadline_run():
+    """A tolerance the controller never meets: the decision waits for decide_at and the run is the default's."""
+    runs = []
+    for options in (DECIDE, dict(STABLE, stable_tol=1e-6)):
+        model, opt, pruner = _setup(surgery="end", **options)
+        for xb, yb in _batches():
+            _one_step(model, opt, pruner, xb, yb)
+        assert pruner.decided_early_at is None and pruner.schedule.decide_at == 15
+        runs.append(model.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(runs[0].values(), runs[1].values()))
+
+
+@pytest.mark.parametrize("stop", [10, 18])  # mid-way through the stability count; after the early decision
+def test_decide_when_stable_state_round_trip_continues_identically(stop):
+    batches = _batches()
+    ma, oa, pa = _setup(**STABLE, surgery="end")
+    for xb, yb in batches:
+        _one_step(ma, oa, pa, xb, yb)
+    mb, ob, pb = _setup(**STABLE, surgery="end")
+    for xb, yb in batches[:stop]:
+        _one_step(mb, ob, pb, xb, yb)
+    saved = _roundtrip({"model": mb.state_dict(), "opt": ob.state_dict(), "ato": pb.state_dict()})
+    mc, oc, pc = _setup(**STABLE, surgery="end")
+    mc.load_state_dict(saved["model"])
+    oc.load_state_dict(saved["opt"])
+    pc.load_state_dict(saved["ato"])
+    for xb, yb in batches[stop:]:
+        _one_step(mc, oc, pc, xb, yb)
+    assert pc.decided_early_at == pa.decided_early_at is not None and pc.schedule == pa.schedule
+    for (k, va), vc in zip(ma.state_dict().items(), mc.state_dict().values()):
+        assert torch.equal(va, vc), k

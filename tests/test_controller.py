@@ -88,3 +88,13 @@ def test_min_channels_keeps_at_least_one():
     assert [int(h.sum()) for h in hard] == [1, 1, 1]
     ctrl0 = make(offset=-100.0, min_channels=0).eval()
     assert [int(h.sum()) for h in ctrl0()[1]] == [0, 0, 0]
+
+
+def test_keep_probabilities_are_the_draws_keep_frequencies():
+    # offset 0: probabilities spread around one half; min_channels=0: no channel forced in (that rule is not
+    # part of the probabilities)
+    ctrl = make(offset=0.0, min_channels=0).train()
+    probs = torch.cat(ctrl.keep_probabilities()).detach()
+    freq = torch.stack([torch.cat(ctrl()[1]).detach() for _ in range(4000)]).mean(0)
+    assert float((freq - probs).abs().max()) < 0.04  # 4000 draws: standard error <= 0.008
+    assert float(probs.min()) < 0.45 and float(probs.max()) > 0.55  # not all at one half (the test can fail)

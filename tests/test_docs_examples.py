@@ -117,8 +117,11 @@ def test_readme_loop_trains_the_compact_model_to_the_end(opt_name):
     assert not pruner_end.cut
     assert acc_freeze > 50  # it learned the task
     assert [m.tolist() for m in pruner.mask] == [m.tolist() for m in pruner_end.mask]  # the same decision
-    # after the cut only float summation order differs between the two; freeze must not lose more than that
-    assert acc_freeze >= acc_end - 1.5, (acc_freeze, acc_end)
+    # after the cut only float summation order differs between the two; freeze must not lose more than that.
+    # With the cut at 25% of the run, that difference has 75% of training to grow: over 4 seeds x 2 optimizers
+    # (2026-12-03) freeze - end ranged from -1.9 to +9.2 points (median +0.2) on these 797 test images, so a
+    # broken freeze (a jump at the cut it cannot train away, a wrong optimizer state) is what 3 points catch
+    assert acc_freeze >= acc_end - 3.0, (acc_freeze, acc_end)
 
 
 class Inception(nn.Module):

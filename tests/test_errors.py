@@ -646,7 +646,7 @@ def test_ato_options_from_the_python_api_are_type_checked():
 
     with pytest.raises(ConfigError, match="temperature='abc' has the wrong type: expected float"):
         AtoConfig.from_options({"temperature": "abc"})
-    with pytest.raises(ConfigError, match="expected int or float; inf and nan are not allowed"):
+    with pytest.raises(ConfigError, match="expected int or float or None; inf and nan are not allowed"):
         AtoConfig.from_options({"freeze_at": float("inf")})
     with pytest.raises(ConfigError, match="zero_at_freeze=1 has the wrong type: expected bool"):
         AtoConfig.from_options({"zero_at_freeze": 1})

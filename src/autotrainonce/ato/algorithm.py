@@ -7,6 +7,7 @@ on a held-out batch, resamples the proximal mask, applies the guided proximal st
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import operator
 import weakref
@@ -142,6 +143,10 @@ class AutoTrainOnce(Cutting, RankSync, Reporting, Pruner):
         self.global_step = 0
         self.frozen = False
         self.decided = False  # variant="decide": the mask is fixed (from decide_at) and ramping to zero
+        #: decide_when="stable": the step of an early decision (the schedule's decide_at and freeze_at move)
+        self.decided_early_at: int | None = None
+        self._stable_run = 0  # consecutive stable controller steps
+        self._stable_prev: list[torch.Tensor] | None = None  # the controller's own mask at the previous one
         self.cut = False  # surgery="freeze": self.model is the physically pruned network
         self.cut_report: dict[str, float] = {}
         #: set by owners (the Trainer callback) that rebuild their DDP wrapper themselves after a cut
@@ -160,6 +165,7 @@ class AutoTrainOnce(Cutting, RankSync, Reporting, Pruner):
         """Resample the proximal mask once per epoch of ``steps_per_epoch`` (unless mask_interval is set)."""
         if self.config.mask_interval is None:
             self.schedule = Schedule.build(self.config.schedule(), self.schedule.total_steps, steps_per_epoch)
+            self._move_decision()
 
     def describe(self) -> str:
         """A short multi-line summary: target, budget, groups, schedule."""
@@ -254,7 +260,9 @@ class AutoTrainOnce(Cutting, RankSync, Reporting, Pruner):
             soft, hard = ctrl()
             with EvalMode(self.model), self.space.masked(self.model, self._full(soft)):
                 task = self.criterion(call_model(self.model, inputs), targets)
-            r = self.budget.kept_fraction(self.target.soft_cost(self.space, self._full(hard)))
+            # the paper prices the step's hard draw; "expected" prices the keep probabilities (same mean, no noise)
+            priced = hard if self.config.resource_cost == "draw" else ctrl.keep_probabilities()
+            r = self.budget.kept_fraction(self.target.soft_cost(self.space, self._full(priced)))
             res = resource_loss(r, self.budget.p, self.config.resource_loss, self.config.dead_zone)
             loss = task + 2.0 * self.config.reg_weight * res.to(task.device)
             # Gradients for the controller only: the model's weights get no .grad and no wasted backward.
@@ -315,6 +323,28 @@ class AutoTrainOnce(Cutting, RankSync, Reporting, Pruner):
         if self.schedule.controller_step_due(t):
             self._controller_step(batch)
 
+    def _stable(self) -> bool:
+        """decide_when="stable", after a controller step: True once the controller's own mask (noiseless scores
+        >= 0) has kept within ``stable_tol`` of the target with at most ``stable_tol`` of its channels flipped
+        since the previous controller step, ``stable_patience`` times in a row."""
+        cfg = self.config
+        keep = [s.cpu() >= 0 for s in self._require_controller().scores()]
+        on_target = abs(self._kept_fraction(keep) - self.budget.p) <= cfg.stable_tol
+        prev, self._stable_prev = self._stable_prev, keep
+        flips = None if prev is None else sum(int((a != b).sum()) for a, b in zip(keep, prev))
+        total = sum(k.numel() for k in keep)
+        ok = on_target and flips is not None and flips <= cfg.stable_tol * total
+        self._stable_run = self._stable_run + 1 if ok else 0
+        return self._stable_run >= cfg.stable_patience
+
+    def _move_decision(self) -> None:
+        """Apply an early decision to the schedule: decide at that step, freeze after the same ramp length."""
+        t, s = self.decided_early_at, self.schedule
+        if t is None or s.decide_at is None or s.decide_at == t:
+            return
+        ramp = s.freeze_at - s.decide_at
+        self.schedule = dataclasses.replace(s, decide_at=t, freeze_at=t + ramp)
+
     def _step_decide(self, optimizer: torch.optim.Optimizer, batch: Any) -> bool:
         """variant="decide": search without shrinking, decide, ramp the decided channels to 0, freeze and cut.
 
@@ -328,6 +358,10 @@ class AutoTrainOnce(Cutting, RankSync, Reporting, Pruner):
         if not self.decided and not self.frozen:
             if s.controller_active(t) and t < s.decide_at and self.config.decide_by in ("controller", "widths"):
                 self._search_step(t, batch)
+                if self.config.decide_when == "stable" and s.controller_step_due(t) and self._stable():
+                    self.decided_early_at = t
+                    self._move_decision()
+                    s = self.schedule
             if t >= s.decide_at:
                 self.decide()
         if self.decided and not self.frozen:

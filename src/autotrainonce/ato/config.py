@@ -12,16 +12,28 @@ from ..errors import ConfigError
 from .resource import RESOURCE_LOSSES
 from .schedule import Point, ScheduleConfig
 
-__all__ = ["AtoConfig", "VARIANTS", "DECIDE_AT", "DECIDE_BY"]
+__all__ = ["AtoConfig", "VARIANTS", "DECIDE_AT", "DECIDE_BY", "DECIDE_WHEN", "RESOURCE_COSTS"]
 
 VARIANTS = ("paper", "decide")
 #: who chooses the mask at decide_at: the controller (ATO); the controller's per-group widths with the
 #: largest-L1 channels inside each group ("widths"); or, as ablation controls with the same ramp and cut, the
 #: channels' weight magnitude or chance (both calibrated to the same target; no controller steps)
 DECIDE_BY = ("controller", "widths", "magnitude", "random")
-#: default decision point of variant="decide" (fraction of training): 0.25 of the run searches (from
-#: controller_start 0.10), 0.16 ramps the dropped channels down before the freeze at 0.51
-DECIDE_AT = 0.35
+#: when variant="decide" decides: at decide_at ("deadline"), or as soon as the controller's own mask is
+#: stable and on target ("stable"; decide_at is then the deadline and the freeze keeps the ramp's length)
+DECIDE_WHEN = ("deadline", "stable")
+#: what the resource term measures: the cost of the step's noisy hard draw (the paper) or the expected cost
+#: under the controller's keep probabilities (no sampling noise in the resource gradient)
+RESOURCE_COSTS = ("draw", "expected")
+#: default schedule of variant="decide" (fractions of training): the controller searches from 0.05, the mask
+#: is decided at 0.12, its dropped channels ramp to zero until the freeze and cut at 0.25, and the compact
+#: network trains for the last 75% (docs/decisions.md: measured against 0.10 / 0.35 / 0.51 and 0.25 / 0.40)
+DECIDE_AT = 0.12
+DECIDE_CONTROLLER_START = 0.05
+DECIDE_FREEZE_AT = 0.25
+#: the paper variant keeps the paper's schedule (scaled from its 245-epoch run)
+PAPER_CONTROLLER_START = 0.10
+PAPER_FREEZE_AT = 0.51
 
 
 @dataclass(frozen=True)
@@ -41,12 +53,13 @@ class AtoConfig:
     reg_weight: float = 4.0
     resource_loss: str = "log_ratio"
     dead_zone: float = 0.005
+    resource_cost: str = "draw"  # "expected": the resource term on sigmoid(scores), see RESOURCE_COSTS
     # schedule (ints: steps, floats: fractions of training)
-    controller_start: Point = 0.10
+    controller_start: Point | None = None  # None: 0.05 (decide) or 0.10 (paper)
     proximal_start: Point = 0.20
     lambda_switch: Point = 0.49
     controller_lr_decay: Point | None = None
-    freeze_at: Point = 0.51
+    freeze_at: Point | None = None  # None: 0.25 (decide) or 0.51 (paper)
     hyper_step: int | None = None  # None: derived from the search window (schedule.auto_hyper_step)
     mask_interval: Point | None = None
     lambda_low: float = 10.0
@@ -58,6 +71,9 @@ class AtoConfig:
     variant: str = "decide"
     decide_at: Point | None = None  # variant="decide" only; None: DECIDE_AT
     decide_by: str = "controller"  # variant="decide" only; "widths"; "magnitude" / "random": ablation controls
+    decide_when: str = "deadline"  # variant="decide" only; "stable": see DECIDE_WHEN
+    stable_tol: float = 0.02  # "stable": kept fraction within this of the target, at most this share of flips
+    stable_patience: int = 5  # "stable": ... at this many controller steps in a row
     # exactness and reproducibility
     reset_optimizer_state: bool = True
     zero_at_freeze: bool = True
@@ -77,6 +93,10 @@ class AtoConfig:
             raise ConfigError(f"min_channels must be >= 0, got {self.min_channels}")
         if self.surgery not in ("end", "freeze"):
             raise ConfigError(f"surgery={self.surgery!r}; choose 'end' or 'freeze'")
+        if self.resource_cost not in RESOURCE_COSTS:
+            raise ConfigError(
+                f"resource_cost={self.resource_cost!r}; choose one of {', '.join(map(repr, RESOURCE_COSTS))}"
+            )
         if not 0 <= self.dead_zone < 1:
             raise ConfigError(f"dead_zone must be in [0, 1), got {self.dead_zone}")
         if self.variant not in VARIANTS:
@@ -87,6 +107,21 @@ class AtoConfig:
             raise ConfigError(
                 f"decide_by={self.decide_by!r} only applies to variant='decide'; drop it or set variant='decide'"
             )
+        if self.decide_when not in DECIDE_WHEN:
+            raise ConfigError(
+                f"decide_when={self.decide_when!r}; choose one of {', '.join(map(repr, DECIDE_WHEN))}"
+            )
+        if self.decide_when == "stable" and (
+            self.variant != "decide" or self.decide_by not in ("controller", "widths")
+        ):
+            raise ConfigError(
+                "decide_when='stable' watches the controller's mask: it needs variant='decide' and decide_by "
+                f"'controller' or 'widths' (got variant={self.variant!r}, decide_by={self.decide_by!r})"
+            )
+        if not 0 < self.stable_tol < 1:
+            raise ConfigError(f"stable_tol must be in (0, 1), got {self.stable_tol}")
+        if self.stable_patience < 1:
+            raise ConfigError(f"stable_patience must be >= 1, got {self.stable_patience}")
         if self.variant == "paper" and self.decide_at is not None:
             raise ConfigError(
                 f"decide_at={self.decide_at!r} only applies to variant='decide' (the paper variant never fixes the "
@@ -106,7 +141,10 @@ class AtoConfig:
         hints = typing.get_type_hints(cls)
         for key, value in options.items():
             if not _fits(value, hints[key]):
-                expected = " or ".join(t.__name__ for t in typing.get_args(hints[key]) or (hints[key],))
+                expected = " or ".join(
+                    "None" if t is type(None) else t.__name__
+                    for t in typing.get_args(hints[key]) or (hints[key],)
+                )
                 finite = isinstance(value, float) and not math.isfinite(value)
                 raise ConfigError(
                     f"AutoTrainOnce option {key}={value!r} has the wrong type: expected {expected}"
@@ -118,6 +156,12 @@ class AtoConfig:
         """The schedule part of the options."""
         names = {f.name for f in fields(ScheduleConfig)}
         values = {n: getattr(self, n) for n in names if hasattr(self, n)}
+        decide = self.variant == "decide"
+        if self.controller_start is None:
+            values["controller_start"] = DECIDE_CONTROLLER_START if decide else PAPER_CONTROLLER_START
+        if self.freeze_at is None:
+            values["freeze_at"] = DECIDE_FREEZE_AT if decide else PAPER_FREEZE_AT
+            values["freeze_default"] = True  # not the user's: a run too short for it gets a step that fits
         if self.variant == "decide" and self.decide_at is None:
             values["decide_at"] = DECIDE_AT
             values["decide_default"] = True  # not the user's: a run too short for it gets a step that fits

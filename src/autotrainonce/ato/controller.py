@@ -96,6 +96,13 @@ class Controller(nn.Module):
             hard_list.append(hard - soft.detach() + soft)
         return soft_list, hard_list
 
+    def keep_probabilities(self) -> list[torch.Tensor]:
+        """P(keep) of every channel under the training-mode noise: ``sigmoid(logits + b)`` (the logistic noise
+        has unit scale, so a channel is kept by a draw exactly when its noise exceeds ``-(logit + b)``; the
+        ``min_channels`` rule of the hard draws is left out).
+        Differentiable: the expected-cost resource term trains on it without sampling noise."""
+        return [torch.sigmoid(logit + self.offset) for logit in self.logits()]
+
     @torch.no_grad()
     def scores(self) -> list[torch.Tensor]:
         """Noiseless ``logits + b`` per group: the deterministic mask keeps the channels with score >= 0."""

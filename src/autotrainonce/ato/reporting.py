@@ -169,6 +169,9 @@ class Reporting:
             "holdout_drawn": 0 if self.holdout is None else self.holdout.drawn,
             "last": dict(self.last),
             "freeze_report": dict(self.freeze_report),
+            "decided_early_at": self.decided_early_at,
+            "stable_run": self._stable_run,
+            "stable_prev": None if self._stable_prev is None else [m.clone() for m in self._stable_prev],
         }
 
     def load_state_dict(self, state: dict[str, Any], optimizer: torch.optim.Optimizer | None = None) -> None:
@@ -214,6 +217,13 @@ class Reporting:
         self.last = {str(k): float(v) for k, v in state["last"].items()}
         # states written before the freeze report existed have none (same version: the key is optional)
         self.freeze_report = {str(k): float(v) for k, v in (state.get("freeze_report") or {}).items()}
+        # absent in states written before decide_when existed (same version: the keys are optional)
+        early = state.get("decided_early_at")
+        self.decided_early_at = None if early is None else int(early)
+        self._move_decision()
+        self._stable_run = int(state.get("stable_run", 0))
+        prev = state.get("stable_prev")
+        self._stable_prev = None if prev is None else [torch.as_tensor(m) for m in prev]
         if state.get("cut") and not self.cut:
             # Rebuild the compact architecture; its weights come from the caller's model checkpoint.
             self._cut(optimizer, check=False)

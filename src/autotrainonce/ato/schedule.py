@@ -3,7 +3,9 @@
 Boundaries are given as fractions of training (float in [0, 1]) or as step counts (int) and resolved once from
 ``total_steps``. Step ``t`` below is the number of optimizer steps done, counting the one just taken (1-based).
 
-Defaults, scaled from the paper's 245-epoch run (E_h = 25, E_gl = 50, E_lambda = 120, E_fix = 125):
+Defaults of :class:`ScheduleConfig`: the paper variant's, scaled from the paper's 245-epoch run (E_h = 25,
+E_gl = 50, E_lambda = 120, E_fix = 125). ``AutoTrainOnce``'s default ``variant="decide"`` starts the controller
+at 0.05, decides at 0.12 and freezes at 0.25 instead (see ``ato.config``):
 
 ====================  =======  ==================================================================
 boundary              default  meaning
@@ -56,6 +58,9 @@ class ScheduleConfig:
     # decide_at is the default, not the user's: in a run too short for it, move it into the search window
     # (or onto the freeze) instead of refusing
     decide_default: bool = False
+    # freeze_at is the default, not the user's: in a run too short for it, put it one step after the controller's
+    # start instead of refusing (0.25 of a 2-step run rounds to step 0)
+    freeze_default: bool = False
 
 
 def _resolve(name: str, value: Point, total: int) -> int:
@@ -105,6 +110,8 @@ class Schedule:
         pts["controller_lr_decay"] = pts["lambda_switch"] if decay is None else _resolve(
             "controller_lr_decay", decay, total_steps
         )
+        if cfg.freeze_default:
+            pts["freeze_at"] = max(pts["freeze_at"], min(total_steps, pts["controller_start"] + 1))
         if cfg.mask_interval is None:
             interval = steps_per_epoch or max(1, round(0.01 * total_steps))
         else:

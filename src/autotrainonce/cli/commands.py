@@ -38,7 +38,7 @@ DEMO_CONFIG: dict[str, Any] = {
     "prune": {
         "method": "ato",
         "remove_flops": 0.5,
-        "options": {"controller_start": 0.10, "decide_at": 0.35, "freeze_at": 0.51},
+        "options": {"controller_start": 0.05, "decide_at": 0.12, "freeze_at": 0.25},
     },
 }
 _REPO_DEMO_YAML = Path(__file__).resolve().parents[3] / "configs" / "demo.yaml"

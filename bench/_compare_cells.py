@@ -31,6 +31,7 @@ from _peers import (
     probe_outputs,
     relative_change,
 )
+from _turns import Turnstile, TurnTaker
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -70,7 +71,6 @@ CUT_TOLERANCE = 1e-3  # relative output change above which a cut is lossy (the n
 # ATO's freeze report (AutoTrainOnce.freeze_report) in the rows, as freeze_<key> columns
 FREEZE_KEYS = ("hamming", "hamming_frac", "shrunk_kept", "cut_unshrunk", "kept_near_zero", "kept_near_zero_frac",
                "kept_zero")  # fmt: skip
-
 
 
 def split_method(method: str) -> tuple[str, dict[str, Any]]:
@@ -124,6 +124,7 @@ class CellSpec:
     prune_steps: int = 5  # Torch-Pruning steps inside the window
     hesso_periods: int = 1  # HESSO pruning periods inside the window (OTO's default: 1)
     extra: dict[str, Any] = field(default_factory=dict)
+    turn: int | None = None  # --interleave: this cell's index in its group's turnstile
 
     @property
     def base(self) -> str:
@@ -227,6 +228,8 @@ class _Method:
     out_changes: Callable[[], list[float]] = lambda: []
     #: extra row values read after ``finish`` (ATO: its freeze report)
     instruments: Callable[[], dict[str, Any]] = lambda: {}
+    #: the step of the method's last cut (None: the end of the pruning window), for the pre-cut epochs
+    cut_step: Callable[[], int | None] = lambda: None
 
 
 def _setup(spec: CellSpec, cfg: Config, model: nn.Module, example: torch.Tensor, probe: torch.Tensor,
@@ -261,8 +264,9 @@ def _setup(spec: CellSpec, cfg: Config, model: nn.Module, example: torch.Tensor,
             lambda: f"surgery={options.get('surgery', 'end')}, hyper_step={cb.pruner.schedule.hyper_step}, "
             f"holdout {100 * cfg.data.holdout_fraction:g}%"
             + (f", variant={options['variant']}" if "variant" in options else "")  # ablations tell rows apart
-            + (f", decide_at={options['decide_at']}" if "decide_at" in options else ""),
+            + "".join(f", {k}={options[k]}" for k in ("controller_start", "decide_at", "freeze_at") if k in options),
             out_changes=lambda: [cut_probe.l2], instruments=freeze_instruments,
+            cut_step=lambda: cb.pruner.schedule.freeze_at,
         )  # fmt: skip
     if method in ("l1-oneshot", "magnitude"):  # the library's registered methods, built as `ato train` builds them
         from autotrainonce.pruners import make_callback
@@ -284,14 +288,15 @@ def _setup(spec: CellSpec, cfg: Config, model: nn.Module, example: torch.Tensor,
 
         return _Method([l1], lambda t: l1.export(), lambda: [l1_probe.change],
                        lambda: f"{l1.pruner.describe()} ({100 * l1_removed():.1f}% MACs by the exact cost)",
-                       out_changes=lambda: [l1_probe.l2])  # fmt: skip
+                       out_changes=lambda: [l1_probe.l2], cut_step=lambda: l1.pruner.cut_step)  # fmt: skip
     space = discover(copy.deepcopy(model).eval(), example)
     unprunable = _unprunable_modules(space)
     if method == "torch-pruning":
         at = window_steps(spec.window, total_steps, spec.prune_steps)
         tp_cb = TorchPruningCallback(float(spec.target), at, example, unprunable, dense_macs, probe)
         return _Method([tp_cb], lambda t: t.model, lambda: tp_cb.cut_changes, tp_cb.describe,
-                       lambda: tp_cb.search_seconds, out_changes=lambda: tp_cb.out_changes)  # fmt: skip
+                       lambda: tp_cb.search_seconds, out_changes=lambda: tp_cb.out_changes,
+                       cut_step=lambda: max(at))  # fmt: skip
     if method == "oto-hesso":
         steps = window_steps(spec.window, total_steps, 2)
         params = [
@@ -303,7 +308,8 @@ def _setup(spec: CellSpec, cfg: Config, model: nn.Module, example: torch.Tensor,
             probe, str(cell_dir / "oto"), momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
         )  # fmt: skip
         return _Method([oto_cb], oto_cb.finish, lambda: [oto_cb.cut_change], oto_cb.describe,
-                       lambda: oto_cb.search_seconds, out_changes=lambda: [oto_cb.out_change])  # fmt: skip
+                       lambda: oto_cb.search_seconds, out_changes=lambda: [oto_cb.out_change],
+                       cut_step=lambda: steps[-1])  # fmt: skip
     raise ValueError(f"unknown method {method!r}")
 
 
@@ -325,8 +331,29 @@ def cell_config(spec: CellSpec) -> Config:
     return merge_overrides(spec.config, overrides)
 
 
+#: --interleave: the turnstile of this worker's group (set by worker_init)
+_TURNSTILE: Turnstile | None = None
+
+
 def run_cell(spec: CellSpec) -> dict[str, Any]:
-    """Train and measure one cell; raises on failure (see :func:`safe_run_cell`)."""
+    """Train and measure one cell; raises on failure (see :func:`safe_run_cell`).
+
+    With ``spec.turn`` (``--interleave``) the cell trains in turns with the other cells of its group and its
+    times count only its own turns (set-up, training with the pruner's work, export)."""
+    taker = None
+    if spec.turn is not None:
+        if _TURNSTILE is None:
+            raise RuntimeError("an interleaved cell needs the worker's turnstile (worker_init(turnstile=...))")
+        taker = TurnTaker(_TURNSTILE, spec.turn)
+        taker.start()
+    try:
+        return _run_cell(spec, taker)
+    finally:
+        if taker is not None:
+            taker.close()
+
+
+def _run_cell(spec: CellSpec, taker: TurnTaker | None) -> dict[str, Any]:
     row: dict[str, Any] = {"model": spec.model, "method": spec.method, "target_pct": spec.target_pct,
                            "seed": spec.seed, "error": ""}  # fmt: skip
     missing = missing_peer(spec.base)
@@ -354,23 +381,31 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
     total_steps = cfg.run.epochs * count_steps(train_loader, cfg.run.max_steps_per_epoch)
     method = _setup(spec, cfg, model, example, probe, holdout, total_steps, cell_dir, dense_macs)
     timer = EpochTimer()
-    trainer = Trainer(model, train_loader, None, config=cfg, callbacks=[timer, *method.callbacks],
+    callbacks = [timer, *method.callbacks, *([taker] if taker is not None else [])]  # the taker last
+    trainer = Trainer(model, train_loader, None, config=cfg, callbacks=callbacks,
                       run_dir=cell_dir, model_name=cfg.model.name, progress=False)  # fmt: skip
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
         trainer.fit()
         compact = method.finish(trainer)
-    row["run_s"] = time.perf_counter() - started
+    if taker is not None:
+        taker.close()  # the rest is measurement, not timed
+        row["run_s"], epoch_times, row["timing"] = taker.active_s, list(taker.epoch_s), "interleaved"
+    else:
+        row["run_s"], epoch_times = time.perf_counter() - started, list(timer.train_seconds)
+        row["timing"] = "sequential"
     messages = sorted({f"{w.category.__name__}: {w.message}" for w in caught})
     row["warnings"] = " | ".join(messages)[:500]
 
     # ---- measurements of the finished cell (not timed)
     row["epochs"] = cfg.run.epochs
-    row["epoch_s"] = sum(timer.train_seconds) / max(1, len(timer.train_seconds))
+    row["epoch_times"] = epoch_times
+    row["epoch_s"] = sum(epoch_times) / max(1, len(epoch_times))
     row["steps_per_epoch"] = int(trainer.steps_per_epoch)
-    # the epochs that end before the window does (ATO's freeze, every method's last cut): the cost of the search
-    last = spec.window[1] * total_steps
-    pre = [t for i, t in enumerate(timer.train_seconds) if (i + 1) * row["steps_per_epoch"] <= last]
+    # the epochs that end before this method's last cut (ATO: its freeze; dense: the end of the window): the
+    # cost of the search; the report compares them with the same epochs of the dense run
+    last = method.cut_step() or spec.window[1] * total_steps
+    pre = [t for i, t in enumerate(epoch_times) if (i + 1) * row["steps_per_epoch"] <= last]
     row["precut_epochs"] = len(pre)
     row["precut_epoch_s"] = sum(pre) / len(pre) if pre else math.nan
     row["step_ms"] = 1000.0 * row["epoch_s"] / max(1, row["steps_per_epoch"])
@@ -445,9 +480,12 @@ def warm_up(base: Config, model_names: Sequence[str], methods: Sequence[str]) ->
 
 
 def worker_init(
-    threads: int | None, level: int, base: Config, model_names: list[str], methods: list[str]
+    threads: int | None, level: int, base: Config, model_names: list[str], methods: list[str],
+    turnstile: Turnstile | None = None,
 ) -> None:
-    """Initializer of a ``--jobs`` worker process: threads, logging, warm-up."""
+    """Initializer of a ``--jobs`` (or ``--interleave``) worker process: threads, logging, warm-up."""
+    global _TURNSTILE
+    _TURNSTILE = turnstile
     if threads is not None:
         torch.set_num_threads(threads)
     logging.basicConfig(level=level, format="%(message)s")

@@ -38,7 +38,7 @@ COLUMNS = [
     "test_top1", "top1_delta_pp", "dense_macs", "compact_macs", "dense_params", "compact_params", "epochs",
     "steps_per_epoch", "train_images", "epoch_s", "epoch_ratio", "precut_epochs", "precut_epoch_s",
     "precut_ratio", "step_ms", "step_ratio", "run_s",
-    "run_ratio", "search_s", "lat1_ms", "lat1_dense_ms", "lat1_ratio", "lat64_ms", "lat64_dense_ms",
+    "run_ratio", "timing", "search_s", "lat1_ms", "lat1_dense_ms", "lat1_ratio", "lat64_ms", "lat64_dense_ms",
     "lat64_ratio", "cut_change", "cut_change_l2", "freeze_hamming", "freeze_hamming_frac", "freeze_shrunk_kept",
     "freeze_cut_unshrunk", "freeze_kept_near_zero", "freeze_kept_near_zero_frac", "freeze_kept_zero", "finetune",
     "setting", "run_dir", "warnings", "error",
@@ -67,6 +67,12 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
         for ratio, value in RATIOS:
             num, den = _num(r.get(value)), _num(d.get(value)) if d else math.nan
             r[ratio] = num / den if den and math.isfinite(den) else math.nan
+        k = int(_num(r.get("precut_epochs")) or 0) if math.isfinite(_num(r.get("precut_epochs"))) else 0
+        mine, ref = r.get("epoch_times"), d.get("epoch_times") if d else None
+        if k and isinstance(mine, list) and isinstance(ref, list) and len(mine) >= k and len(ref) >= k:
+            # before the cut: this method's epochs over the same epochs of the dense run (methods cut at
+            # different steps, so the dense mean over its own pre-window epochs is not the reference)
+            r["precut_ratio"] = sum(mine[:k]) / sum(ref[:k]) if sum(ref[:k]) > 0 else math.nan
         top, ref = _num(r.get("test_top1")), _num(d.get("test_top1")) if d else math.nan
         r["top1_delta_pp"] = top - ref
 

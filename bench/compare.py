@@ -9,6 +9,7 @@ epoch and per run relative to the dense run, CPU latency at batch 1 and 64 relat
     python bench/compare.py --model resnet20 --epochs 1 --train-subset 3000 --remove-flops 0.5   # a short check
     python bench/compare.py --quick                                                          # CI smoke (digits)
     python bench/compare.py --merge runs/seed0,runs/seed1 --out runs/both   # one table from several invocations
+    python bench/compare.py --epochs 4 --train-subset 8000 --interleave   # run times robust to machine drift
 
 Writes results.md / results.csv / results.json and accuracy_vs_macs.png / kept_channels.png under --out.
 """
@@ -16,6 +17,7 @@ Writes results.md / results.csv / results.json and accuracy_vs_macs.png / kept_c
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
 import json
 import logging
@@ -66,6 +68,7 @@ from _compare_report import (  # noqa: E402
     summarize,
     widths_table,
 )
+from _turns import Turnstile  # noqa: E402
 
 from autotrainonce import models  # noqa: E402
 from autotrainonce.config import Config  # noqa: E402
@@ -125,6 +128,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--jobs", type=int, help="cells run in parallel worker processes, 1 thread each (default 1)"
     )
+    p.add_argument("--interleave", action="store_true",
+                   help="time robustly on a noisy machine: the cells of one model and seed run in separate "
+                        "processes but take one optimizer step each in turn, and each cell counts only its own "
+                        "turns (same accuracies as a sequential run; slower drift hits every method alike)")  # fmt: skip
     p.add_argument("--latency-rounds", type=int, help="alternating dense/compact latency rounds (default 3)")
     p.add_argument("--out", type=Path, help="output folder (default runs/bench-compare-<timestamp>)")
     p.add_argument("--quick", action="store_true", help="digits, 2 epochs, 50%% only: a smoke run for CI")
@@ -141,6 +148,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     apply_defaults(args, DEFAULTS, QUICK)
     if args.jobs < 1:
         p.error("--jobs must be at least 1")
+    if args.interleave and args.jobs > 1:
+        p.error("--interleave computes one cell at a time (in turns); drop --jobs")
     if args.jobs > 1 and args.threads is None:
         args.threads = 1  # one thread per worker: the workers, not OpenMP, use the cores
     check_threads(p, args)
@@ -267,7 +276,9 @@ def render(args: argparse.Namespace, env: dict[str, Any], rows: list[dict[str, A
         f"Models {', '.join(args.model_list)}; epochs per run {args.epochs}; batch {args.batch_size}; lr "
         f"{args.lr}; train subset {args.train_subset or 'all'}; seeds {args.seeds}; pruning window "
         f"{args.window[0]:g}-{args.window[1]:g} of training, {args.prune_steps} Torch-Pruning steps, {args.hesso_periods} HESSO period(s); jobs {args.jobs}; "
-        f"torch threads per process {args.threads or torch.get_num_threads()}.",
+        f"torch threads per process {args.threads or torch.get_num_threads()}"
+        + ("; interleaved timing (the cells of one model and seed take one optimizer step each in turn; each "
+           "counts its own turns)." if getattr(args, "interleave", False) else "."),  # fmt: skip
         "",
         results_table(summary),
         "",
@@ -407,12 +418,39 @@ def merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_interleaved(args: argparse.Namespace, base: Config, specs: list[CellSpec], env: dict[str, Any],
+                     level: int, done_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:  # fmt: skip
+    """``--interleave``: each group of cells (one model and seed) in its own processes, taking turns."""
+    context = multiprocessing.get_context("spawn")
+    groups: dict[tuple[int, str], list[CellSpec]] = {}
+    for spec in specs:
+        groups.setdefault((spec.seed, spec.model), []).append(spec)
+    rows: list[dict[str, Any]] = []
+    for (seed, model), group in groups.items():
+        log.info("seed %d, %s: %d cells in turns", seed, model, len(group))
+        turnstile = Turnstile(context, len(group))
+        init = (args.threads, level, base, args.model_list, args.method_list, turnstile)
+        with ProcessPoolExecutor(len(group), mp_context=context, initializer=worker_init, initargs=init) as pool:
+            futures = [pool.submit(safe_run_cell, dataclasses.replace(spec, turn=i)) for i, spec in enumerate(group)]
+            for spec, future in zip(group, futures):
+                try:
+                    row = future.result()
+                except Exception as exc:  # the worker process itself died
+                    row = {"model": spec.model, "method": spec.method, "target_pct": spec.target_pct,
+                           "seed": spec.seed, "error": f"{type(exc).__name__}: {exc}"}  # fmt: skip
+                rows.append(row)
+        save(args, env, done_rows + rows, done=False)
+    return rows
+
+
 def _run_all(args: argparse.Namespace, base: Config) -> int:
     env = environment(args.argv, SCRIPT, str(resolve_device(base.run.device)))
     specs = cell_specs(args, base)
     rows: list[dict[str, Any]] = []
     level = logging.WARNING if args.quiet else logging.INFO
-    if args.jobs == 1:
+    if getattr(args, "interleave", False):
+        rows.extend(_run_interleaved(args, base, specs, env, level, rows))
+    elif args.jobs == 1:
         log.info("warming up (data, imports, first kernels)")
         warm_up(base, args.model_list, args.method_list)
         for i, spec in enumerate(specs, 1):

@@ -81,8 +81,12 @@ def test_quick_run_writes_every_output(quick, cells):
     for col in ("cut_change_l2", "freeze_hamming_frac", "freeze_kept_near_zero", "freeze_kept_zero",
                 "precut_epoch_s", "precut_ratio"):
         assert col in rows[0], col
-    for r in rows:  # 2 epochs, window end at 0.51: the first epoch is the one before the cut
-        assert r["precut_epochs"] == "1" and float(r["precut_epoch_s"]) > 0, r["method"]
+    for r in rows:  # 2 epochs: the first ends before the window's end (0.51), but after ATO's freeze (0.25)
+        if r["method"] in ("ato", "ato-freeze"):
+            assert r["precut_epochs"] == "0" and r["precut_ratio"] in ("", "nan"), r["method"]
+        else:
+            assert r["precut_epochs"] == "1" and float(r["precut_epoch_s"]) > 0, r["method"]
+        assert r["timing"] == "sequential"
     assert "pre-cut epoch ×" in md
     for r in rows:
         if r["method"] in ("ato", "ato-freeze"):
@@ -212,6 +216,19 @@ def test_ratios_summary_and_table(report):
     assert "failed: 0" in table
     per_run = report.per_run_table(rows)
     assert per_run.count("\n") == len(rows) + 1
+
+
+def test_precut_ratio_divides_by_the_same_epochs_of_the_dense_run(report):
+    """A method cutting after epoch 1 is compared with the dense run's epoch 1, not its own pre-window mean."""
+    dense = _row("dense", 0.0, 0, 90.0, 10.0, epoch_times=[10.0, 14.0, 12.0, 12.0], precut_epochs=2,
+                 precut_epoch_s=12.0)  # fmt: skip
+    ato = _row("ato-freeze", 50.0, 0, 89.0, 8.0, epoch_times=[11.0, 7.0, 7.0, 7.0], precut_epochs=1,
+               precut_epoch_s=11.0)  # fmt: skip
+    old = _row("torch-pruning", 50.0, 0, 88.0, 9.0, precut_epochs=2, precut_epoch_s=9.0)  # no epoch times
+    rows = [dense, ato, old]
+    report.add_ratios(rows)
+    assert ato["precut_ratio"] == pytest.approx(1.1)  # 11 / 10, not 11 / 12
+    assert old["precut_ratio"] == pytest.approx(0.75)  # rows without epoch times: the mean over the mean
 
 
 def test_cut_and_widths_tables(report):
@@ -372,3 +389,50 @@ def test_merge_takes_delta_top1_from_another_invocations_dense_run(compare, quic
     rows = json.loads((tmp_path / "m" / "results.json").read_text())["rows"]
     l1 = next(r for r in rows if r["method"] == "l1-oneshot")
     assert l1["top1_delta_pp"] == pytest.approx(l1["test_top1"] - dense[0]["test_top1"])
+
+
+# ------------------------------------------------------------------------------------------------ --interleave
+def test_turnstile_gives_turns_round_robin_and_skips_who_left(compare):  # compare: bench/ on sys.path
+    import multiprocessing
+    import threading
+
+    from _turns import Turnstile
+
+    ts = Turnstile(multiprocessing.get_context("spawn"), 3)
+    order: list[int] = []
+
+    def player(i: int, steps: int) -> None:
+        for _ in range(steps):
+            ts.wait(i)
+            order.append(i)
+            ts.pass_turn(i)
+        ts.leave(i)
+
+    threads = [threading.Thread(target=player, args=(i, n)) for i, n in ((0, 3), (1, 1), (2, 3))]
+    for t in reversed(threads):  # started in any order: the turns still go 0, 1, 2, ...
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads)
+    assert order == [0, 1, 2, 0, 2, 0, 2]  # 1 left after one step and is skipped from then on
+
+
+@pytest.mark.slow
+def test_interleaved_run_times_each_cell_by_its_own_turns_and_keeps_the_accuracies(compare, quick, tmp_path):
+    out = tmp_path / "interleaved"
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = compare.main(["--quick", "--methods", "dense,l1-oneshot", "--interleave", "--out", str(out),
+                             "--quiet"])  # fmt: skip
+    assert code == 0
+    result = json.loads((out / "results.json").read_text())
+    rows = {r["method"]: r for r in result["rows"]}
+    assert set(rows) == {"dense", "l1-oneshot"} and not any(r["error"] for r in rows.values())
+    sequential = {r["method"]: r for r in quick["result"]["rows"]}
+    for method, r in rows.items():
+        assert r["timing"] == "interleaved" and r["run_s"] > 0 and len(r["epoch_times"]) == 2
+        # each cell runs in its own process, seeded as in a sequential run: the same training, the same result
+        assert r["test_top1"] == sequential[method]["test_top1"], method
+        assert sum(r["epoch_times"]) <= r["run_s"]  # the run counts the set-up and export turns too
+    assert "interleaved timing" in (out / "results.md").read_text()
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--quick", "--interleave", "--jobs", "2"])

@@ -67,7 +67,7 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
         for ratio, value in RATIOS:
             num, den = _num(r.get(value)), _num(d.get(value)) if d else math.nan
             r[ratio] = num / den if den and math.isfinite(den) else math.nan
-        k = int(_num(r.get("precut_epochs")) or 0) if math.isfinite(_num(r.get("precut_epochs"))) else 0
+        k = int(r.get("precut_epochs") or 0)
         mine, ref = r.get("epoch_times"), d.get("epoch_times") if d else None
         if k and isinstance(mine, list) and isinstance(ref, list) and len(mine) >= k and len(ref) >= k:
             # before the cut: this method's epochs over the same epochs of the dense run (methods cut at

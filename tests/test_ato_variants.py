@@ -215,22 +215,33 @@ def test_decide_cuts_at_the_freeze_without_a_jump():
         assert math.isfinite(float(model(EX).sum()))
 
 
-def test_decide_state_round_trip_mid_ramp_continues_identically():
+def _straight_and_resumed(options: dict, stop: int, check_resumed=None):
+    """The 40-step run of ``options`` straight through, and the same run saved after ``stop`` steps, loaded
+    into fresh objects and continued; ``check_resumed(pruner)`` looks at the loaded pruner before it goes on."""
     batches = _batches()
-    ma, oa, pa = _setup(**DECIDE, surgery="end")
+    ma, oa, pa = _setup(**options, surgery="end")
     for xb, yb in batches:
         _one_step(ma, oa, pa, xb, yb)
-    mb, ob, pb = _setup(**DECIDE, surgery="end")
-    for xb, yb in batches[:20]:
+    mb, ob, pb = _setup(**options, surgery="end")
+    for xb, yb in batches[:stop]:
         _one_step(mb, ob, pb, xb, yb)
     saved = _roundtrip({"model": mb.state_dict(), "opt": ob.state_dict(), "ato": pb.state_dict()})
-    mc, oc, pc = _setup(**DECIDE, surgery="end")
+    mc, oc, pc = _setup(**options, surgery="end")
     mc.load_state_dict(saved["model"])
     oc.load_state_dict(saved["opt"])
     pc.load_state_dict(saved["ato"])
-    assert pc.decided and not pc.frozen
-    for xb, yb in batches[20:]:
+    if check_resumed is not None:
+        check_resumed(pc)
+    for xb, yb in batches[stop:]:
         _one_step(mc, oc, pc, xb, yb)
+    return (ma, pa), (mc, pc)
+
+
+def test_decide_state_round_trip_mid_ramp_continues_identically():
+    def mid_ramp(pruner) -> None:
+        assert pruner.decided and not pruner.frozen
+
+    (ma, pa), (mc, pc) = _straight_and_resumed(DECIDE, 20, mid_ramp)
     assert all(torch.equal(a, c) for a, c in zip(pa.mask, pc.mask))
     for (k, va), vc in zip(ma.state_dict().items(), mc.state_dict().values()):
         assert torch.equal(va, vc), k
@@ -345,20 +356,7 @@ def test_decide_when_stable_never_stable_is_the_deadline_run():
 
 @pytest.mark.parametrize("stop", [10, 18])  # mid-way through the stability count; after the early decision
 def test_decide_when_stable_state_round_trip_continues_identically(stop):
-    batches = _batches()
-    ma, oa, pa = _setup(**STABLE, surgery="end")
-    for xb, yb in batches:
-        _one_step(ma, oa, pa, xb, yb)
-    mb, ob, pb = _setup(**STABLE, surgery="end")
-    for xb, yb in batches[:stop]:
-        _one_step(mb, ob, pb, xb, yb)
-    saved = _roundtrip({"model": mb.state_dict(), "opt": ob.state_dict(), "ato": pb.state_dict()})
-    mc, oc, pc = _setup(**STABLE, surgery="end")
-    mc.load_state_dict(saved["model"])
-    oc.load_state_dict(saved["opt"])
-    pc.load_state_dict(saved["ato"])
-    for xb, yb in batches[stop:]:
-        _one_step(mc, oc, pc, xb, yb)
+    (ma, pa), (mc, pc) = _straight_and_resumed(STABLE, stop)
     assert pc.decided_early_at == pa.decided_early_at is not None and pc.schedule == pa.schedule
     for (k, va), vc in zip(ma.state_dict().items(), mc.state_dict().values()):
         assert torch.equal(va, vc), k

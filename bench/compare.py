@@ -138,10 +138,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--quiet", action="store_true", help="log warnings only")
     p.add_argument("--merge", metavar="DIR,DIR,...",
                    help="train nothing: merge the results.json of these --out folders (same recipe, e.g. one per "
-                        "seed or method) into one table under --out")  # fmt: skip
+                        "seed or method) into one table under --out; DIR[m1;m2] takes only those methods' rows "
+                        "from DIR (e.g. to leave out an older default's rows)")  # fmt: skip
     args = p.parse_args(argv)
     if args.merge is not None:
-        args.merge_list = [Path(d) for d in parse_list(args.merge)]
+        args.merge_list, args.merge_methods = [], []
+        for item in parse_list(args.merge):
+            folder, bracket, rest = item.partition("[")
+            if bracket and not rest.endswith("]"):
+                p.error(f"--merge {item!r}: write a folder's methods as DIR[method;method]")
+            args.merge_list.append(Path(folder))
+            args.merge_methods.append(set(_split_top(rest[:-1])) if bracket else None)
         if not args.merge_list or args.out is None:
             p.error("--merge needs at least one folder and an --out folder for the merged table")
         return args
@@ -350,6 +357,19 @@ RECIPE_KEYS = ("data", "epochs", "train_subset", "batch_size", "lr", "warmup_epo
                "hesso_periods", "set", "quick", "device", "threads")  # fmt: skip
 
 
+def _split_top(text: str) -> list[str]:
+    """``"a;b[x=1;y=2]"`` -> ``["a", "b[x=1;y=2]"]``: split on the semicolons outside brackets."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += (ch == "[") - (ch == "]")
+        if ch == ";" and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [q.strip() for q in [*parts, cur] if q.strip()]
+
+
 def merge(args: argparse.Namespace) -> int:
     """Merge the results of several invocations (same recipe) into one results.md/csv/json under ``--out``.
 
@@ -360,10 +380,18 @@ def merge(args: argparse.Namespace) -> int:
     unusable input.
     """
     loaded = []
-    for folder in args.merge_list:
+    for folder, only in zip(args.merge_list, args.merge_methods):
         path = folder / "results.json"
         try:
-            loaded.append((folder, json.loads(path.read_text())))
+            res = json.loads(path.read_text())
+            if only is not None:
+                missing = only - {r["method"] for r in res["rows"]}
+                if missing:
+                    print(f"error: {folder} has no rows of {', '.join(sorted(missing))}; its methods are "
+                          f"{', '.join(sorted({r['method'] for r in res['rows']}))}", file=sys.stderr)  # fmt: skip
+                    return 2
+                res["rows"] = [r for r in res["rows"] if r["method"] in only]
+            loaded.append((folder, res))
         except (OSError, ValueError) as exc:
             print(f"error: cannot read {path}: {exc}; give --out folders of finished bench/compare.py runs",
                   file=sys.stderr)  # fmt: skip

@@ -371,6 +371,23 @@ def test_merge_refuses_other_recipes_and_overlaps(compare, tmp_path, capsys):
     assert "in both" in capsys.readouterr().err
     assert compare.main(["--merge", f"{a},{tmp_path / 'nothing'}", "--out", str(tmp_path / "m3")]) == 2
     assert "cannot read" in capsys.readouterr().err
+    # DIR[methods] takes only those rows: the overlap with c is left out, a named method must exist
+    assert compare.main(["--merge", f"{a},{c}[dense]", "--out", str(tmp_path / "m4")]) == 2
+    assert "has no rows of dense" in capsys.readouterr().err
+    assert compare.main(["--merge", f"{a},{c}[l1-oneshot]", "--out", str(tmp_path / "m5")]) == 2  # still overlaps
+    capsys.readouterr()
+
+
+def test_merge_takes_only_the_named_methods_of_a_folder(compare, quick, tmp_path):
+    """DIR[m1;m2] keeps those methods' rows of DIR, labels with their own [options] included."""
+    assert compare._split_top("dense;ato-freeze[variant=paper;hyper_step=2]") == [
+        "dense", "ato-freeze[variant=paper;hyper_step=2]"
+    ]
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = compare.main(["--merge", f"{quick['out']}[dense;l1-oneshot]", "--out", str(tmp_path / "m")])
+    assert code == 0
+    rows = json.loads((tmp_path / "m" / "results.json").read_text())["rows"]
+    assert sorted(r["method"] for r in rows) == ["dense", "l1-oneshot"]
 
 
 def test_merge_takes_delta_top1_from_another_invocations_dense_run(compare, quick, tmp_path):

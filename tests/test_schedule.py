@@ -26,8 +26,23 @@ def test_hyper_step_derives_from_the_search_window():
     short = Schedule.build(ScheduleConfig(), total_steps=240)  # 4 epochs x 60 steps: window 24..122
     assert short.hyper_step == 3 and len([t for t in range(1, 241) if short.controller_step_due(t)]) == 33
     decide = Schedule.build(ScheduleConfig(decide_at=0.35), total_steps=240)  # window 24..84
-    assert decide.hyper_step == 2
+    assert decide.hyper_step == 7  # 60 steps / 30 = 2, but at most 4% of 240 steps = 9.6 updates
     assert Schedule.build(ScheduleConfig(hyper_step=7), total_steps=240).hyper_step == 7  # explicit wins
+
+
+def test_controller_cost_cap_binds_only_in_short_decide_runs():
+    from autotrainonce.ato.schedule import CONTROLLER_COST_SHARE, auto_hyper_step
+
+    assert auto_hyper_step(18) == 1 and auto_hyper_step(18, total_steps=248) == 2  # 18 updates > 9.92 allowed
+    assert auto_hyper_step(393, total_steps=5616) == 13  # 30 updates << 224 allowed: unchanged
+    assert auto_hyper_step(5, total_steps=10) == 5  # tiny run: one update
+    cfg = ScheduleConfig(controller_start=0.05, decide_at=0.12, freeze_at=0.25)
+    for total in (248, 500, 1000, 5616):
+        s = Schedule.build(cfg, total_steps=total)
+        updates = [t for t in range(1, total + 1) if s.controller_step_due(t) and t < s.decide_at]
+        assert 1 <= len(updates) <= CONTROLLER_COST_SHARE * total
+    # the paper variant (no decide_at) keeps the uncapped derivation: 33 updates in a 240-step run
+    assert Schedule.build(ScheduleConfig(), total_steps=240).hyper_step == 3
     with pytest.raises(ConfigError, match="hyper_step must be an int >= 1"):
         Schedule.build(ScheduleConfig(hyper_step=0), total_steps=240)
 

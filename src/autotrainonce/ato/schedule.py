@@ -20,11 +20,19 @@ freeze_at             0.51     the mask is frozen (deterministic) and the contro
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..errors import ConfigError
 
-__all__ = ["ScheduleConfig", "Schedule", "CONTROLLER_UPDATES", "MAX_HYPER_STEP", "auto_hyper_step"]
+__all__ = [
+    "ScheduleConfig",
+    "Schedule",
+    "CONTROLLER_UPDATES",
+    "MAX_HYPER_STEP",
+    "CONTROLLER_COST_SHARE",
+    "auto_hyper_step",
+]
 
 Point = int | float
 
@@ -32,12 +40,20 @@ Point = int | float
 CONTROLLER_UPDATES = 30
 #: ... but steps at least every this many model steps in long runs (more updates cost little there)
 MAX_HYPER_STEP = 20
+#: ... and, given the run's length, takes at most this share of its model steps (a controller step costs about
+#: a model step: a short run with a short search window would otherwise pay ~7% of its steps for the search)
+CONTROLLER_COST_SHARE = 0.04
 
 
-def auto_hyper_step(search_steps: int) -> int:
+def auto_hyper_step(search_steps: int, total_steps: int | None = None) -> int:
     """Model steps per controller step for a search window of ``search_steps``: ~CONTROLLER_UPDATES updates,
-    never rarer than every MAX_HYPER_STEP steps, never more than one per model step."""
-    return max(1, min(MAX_HYPER_STEP, round(search_steps / CONTROLLER_UPDATES)))
+    never rarer than every MAX_HYPER_STEP steps, never more than one per model step. With ``total_steps``, also
+    at most ``CONTROLLER_COST_SHARE * total_steps`` updates (at least one): binds only in short runs."""
+    h = max(1, min(MAX_HYPER_STEP, round(search_steps / CONTROLLER_UPDATES)))
+    if total_steps is not None and search_steps > 0:
+        budget = max(1.0, CONTROLLER_COST_SHARE * total_steps)
+        h = max(h, math.ceil(search_steps / budget))
+    return h
 
 
 @dataclass(frozen=True)
@@ -134,7 +150,11 @@ class Schedule:
                 f"{pts['controller_start']}, decide_at={decide}, freeze_at={pts['freeze_at']} steps (of {total_steps})"
             )
         if h is None:  # the search window: from controller_start to the decision (decide) or the freeze
-            h = auto_hyper_step((pts["freeze_at"] if decide is None else decide) - pts["controller_start"])
+            # the cost cap applies to the decide variant only: the paper variant keeps its trajectory
+            h = auto_hyper_step(
+                (pts["freeze_at"] if decide is None else decide) - pts["controller_start"],
+                None if decide is None else total_steps,
+            )
         return cls(
             total_steps=total_steps,
             hyper_step=h,

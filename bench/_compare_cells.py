@@ -96,12 +96,12 @@ def split_method(method: str) -> tuple[str, dict[str, Any]]:
     return base.strip(), options
 
 
-def parse_methods(text: str) -> list[str]:
-    """Comma-separated methods; commas inside ``[...]`` belong to the options."""
+def parse_methods(text: str, sep: str = ",") -> list[str]:
+    """``sep``-separated methods; separators inside ``[...]`` belong to the options."""
     out, depth, cur = [], 0, ""
     for ch in text:
         depth += (ch == "[") - (ch == "]")
-        if ch == "," and depth == 0:
+        if ch == sep and depth == 0:
             out.append(cur.strip())
             cur = ""
         else:

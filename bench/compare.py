@@ -148,7 +148,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             if bracket and not rest.endswith("]"):
                 p.error(f"--merge {item!r}: write a folder's methods as DIR[method;method]")
             args.merge_list.append(Path(folder))
-            args.merge_methods.append(set(_split_top(rest[:-1])) if bracket else None)
+            args.merge_methods.append(set(parse_methods(rest[:-1], sep=";")) if bracket else None)
         if not args.merge_list or args.out is None:
             p.error("--merge needs at least one folder and an --out folder for the merged table")
         return args
@@ -355,19 +355,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 # (threads too: on a CPU the number of torch threads changes float rounding, and so each run's trajectory)
 RECIPE_KEYS = ("data", "epochs", "train_subset", "batch_size", "lr", "warmup_epochs", "window", "prune_steps",
                "hesso_periods", "set", "quick", "device", "threads")  # fmt: skip
-
-
-def _split_top(text: str) -> list[str]:
-    """``"a;b[x=1;y=2]"`` -> ``["a", "b[x=1;y=2]"]``: split on the semicolons outside brackets."""
-    parts, depth, cur = [], 0, ""
-    for ch in text:
-        depth += (ch == "[") - (ch == "]")
-        if ch == ";" and depth == 0:
-            parts.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    return [q.strip() for q in [*parts, cur] if q.strip()]
 
 
 def merge(args: argparse.Namespace) -> int:

@@ -380,7 +380,7 @@ def test_merge_refuses_other_recipes_and_overlaps(compare, tmp_path, capsys):
 
 def test_merge_takes_only_the_named_methods_of_a_folder(compare, quick, tmp_path):
     """DIR[m1;m2] keeps those methods' rows of DIR, labels with their own [options] included."""
-    assert compare._split_top("dense;ato-freeze[variant=paper;hyper_step=2]") == [
+    assert compare.parse_methods("dense;ato-freeze[variant=paper;hyper_step=2]", sep=";") == [
         "dense", "ato-freeze[variant=paper;hyper_step=2]"
     ]
     with contextlib.redirect_stdout(io.StringIO()):

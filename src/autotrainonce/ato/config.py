@@ -93,23 +93,17 @@ class AtoConfig:
             raise ConfigError(f"min_channels must be >= 0, got {self.min_channels}")
         if self.surgery not in ("end", "freeze"):
             raise ConfigError(f"surgery={self.surgery!r}; choose 'end' or 'freeze'")
-        if self.resource_cost not in RESOURCE_COSTS:
-            raise ConfigError(
-                f"resource_cost={self.resource_cost!r}; choose one of {', '.join(map(repr, RESOURCE_COSTS))}"
-            )
+        for name, choices in (
+            ("resource_cost", RESOURCE_COSTS), ("variant", VARIANTS), ("decide_by", DECIDE_BY), ("decide_when", DECIDE_WHEN)
+        ):
+            value = getattr(self, name)
+            if value not in choices:
+                raise ConfigError(f"{name}={value!r}; choose one of {', '.join(map(repr, choices))}")
         if not 0 <= self.dead_zone < 1:
             raise ConfigError(f"dead_zone must be in [0, 1), got {self.dead_zone}")
-        if self.variant not in VARIANTS:
-            raise ConfigError(f"variant={self.variant!r}; choose one of {', '.join(map(repr, VARIANTS))}")
-        if self.decide_by not in DECIDE_BY:
-            raise ConfigError(f"decide_by={self.decide_by!r}; choose one of {', '.join(map(repr, DECIDE_BY))}")
         if self.variant == "paper" and self.decide_by != "controller":
             raise ConfigError(
                 f"decide_by={self.decide_by!r} only applies to variant='decide'; drop it or set variant='decide'"
-            )
-        if self.decide_when not in DECIDE_WHEN:
-            raise ConfigError(
-                f"decide_when={self.decide_when!r}; choose one of {', '.join(map(repr, DECIDE_WHEN))}"
             )
         if self.decide_when == "stable" and (
             self.variant != "decide" or self.decide_by not in ("controller", "widths")

@@ -97,6 +97,34 @@ def test_controller_without_holdout_uses_the_step_batch():
     assert "task_loss" in pruner.last
 
 
+@pytest.mark.parametrize(
+    ("total", "options", "rows", "capped"),
+    [
+        (100, {}, 64, True),  # a short run: the cost cap binds, and the updates use 64 rows
+        (100_000, {}, 100, False),  # a long run: the whole batch
+        (100, {"variant": "paper"}, 100, False),  # the paper variant keeps the whole batch
+        (100, {"controller_batch": 16}, 16, True),
+        (100_000, {"controller_batch": 500}, 100, False),
+    ],
+)
+def test_controller_update_rows(total: int, options: dict, rows: int, capped: bool) -> None:
+    # a controller update with a whole 128-row batch cost ~0.8 of a training step on CPU, with 64 rows ~0.3: in
+    # short runs (where the cost cap raises hyper_step) the decide variant uses the batch's first 64 rows
+    model = Net(8)
+    pruner = AutoTrainOnce(model, EX, Flops(0.5), total_steps=total, controller_start=1, **options)
+    assert pruner.schedule.cost_capped is capped
+    seen: list[int] = []
+    model.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[0]))
+    x, y = digits()
+    pruner.step(torch.optim.SGD(model.parameters(), lr=0.1), batch=(x[:100], y[:100]))
+    assert seen == [rows]
+
+
+def test_controller_batch_must_be_positive() -> None:
+    with pytest.raises(ConfigError, match="controller_batch must be >= 1"):
+        AutoTrainOnce(Net(8), EX, Flops(0.5), total_steps=100, controller_batch=0)
+
+
 # ---------------------------------------------------------------------------------------------- state round trip
 # surgery="end" (the paper's mode) throughout this file; surgery="freeze", the default, is tested in
 # test_surgery_freeze.py.

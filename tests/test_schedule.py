@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from autotrainonce.ato import Schedule, ScheduleConfig
@@ -37,12 +39,15 @@ def test_controller_cost_cap_binds_only_in_short_decide_runs():
     assert auto_hyper_step(393, total_steps=5616) == 13  # 30 updates << 224 allowed: unchanged
     assert auto_hyper_step(5, total_steps=10) == 5  # tiny run: one update
     cfg = ScheduleConfig(controller_start=0.05, decide_at=0.12, freeze_at=0.25)
-    for total in (248, 500, 1000, 5616):
+    for total, capped in ((248, True), (500, True), (1000, False), (5616, False)):
         s = Schedule.build(cfg, total_steps=total)
         updates = [t for t in range(1, total + 1) if s.controller_step_due(t) and t < s.decide_at]
         assert 1 <= len(updates) <= CONTROLLER_COST_SHARE * total
+        assert s.cost_capped is capped  # (where the decide variant's updates also use fewer rows)
+    assert not Schedule.build(dataclasses.replace(cfg, hyper_step=5), total_steps=248).cost_capped  # given: no cap
     # the paper variant (no decide_at) keeps the uncapped derivation: 33 updates in a 240-step run
-    assert Schedule.build(ScheduleConfig(), total_steps=240).hyper_step == 3
+    paper = Schedule.build(ScheduleConfig(), total_steps=240)
+    assert paper.hyper_step == 3 and not paper.cost_capped
     with pytest.raises(ConfigError, match="hyper_step must be an int >= 1"):
         Schedule.build(ScheduleConfig(hyper_step=0), total_steps=240)
 

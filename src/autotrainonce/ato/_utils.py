@@ -10,7 +10,9 @@ from torch import nn
 
 from ..errors import ConfigError
 
-__all__ = ["Masks", "EvalMode", "HoldoutStream", "call_model", "device_of", "output_tensors", "to_device"]
+__all__ = [
+    "Masks", "EvalMode", "HoldoutStream", "call_model", "device_of", "first_rows", "output_tensors", "to_device"
+]
 
 Masks = list[torch.Tensor | None]
 
@@ -37,6 +39,19 @@ def to_device(obj: Any, device: torch.device) -> Any:
         return type(obj)(to_device(o, device) for o in obj)
     if isinstance(obj, dict):
         return {k: to_device(v, device) for k, v in obj.items()}
+    return obj
+
+
+def first_rows(obj: Any, n: int) -> Any:
+    """The first ``n`` rows (dim 0) of every tensor in nested tuples/lists/dicts; 0-d tensors stay as they are."""
+    if isinstance(obj, torch.Tensor):
+        return obj[:n] if obj.dim() > 0 else obj
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
+        return type(obj)(*(first_rows(o, n) for o in obj))
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(first_rows(o, n) for o in obj)
+    if isinstance(obj, dict):
+        return {k: first_rows(v, n) for k, v in obj.items()}
     return obj
 
 

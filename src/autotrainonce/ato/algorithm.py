@@ -22,7 +22,7 @@ from ..core.pruner import Pruner
 from ..errors import ConfigError
 from ..space.model_checks import check_model
 from ..space.surgery import in_place_blocker
-from ._utils import EvalMode, HoldoutStream, Masks, call_model, device_of, to_device
+from ._utils import EvalMode, HoldoutStream, Masks, call_model, device_of, first_rows, to_device
 from .config import AtoConfig
 from .controller import Controller
 from .cutting import Cutting
@@ -253,7 +253,11 @@ class AutoTrainOnce(Cutting, RankSync, Reporting, Pruner):
         ctrl = self._require_controller()
         opt = self.controller_optimizer
         assert opt is not None
-        inputs, targets = to_device(tuple(self._next_holdout(batch))[:2], device_of(self.model))
+        inputs, targets = tuple(self._next_holdout(batch))[:2]
+        rows = self.config.controller_rows(self.schedule.cost_capped)
+        if rows is not None:  # slice before the move: only the rows used travel to the device
+            inputs, targets = first_rows(inputs, rows), first_rows(targets, rows)
+        inputs, targets = to_device((inputs, targets), device_of(self.model))
         ctrl.train()
         params = [p for p in ctrl.parameters() if p.requires_grad]
         with torch.enable_grad():

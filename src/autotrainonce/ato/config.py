@@ -12,7 +12,7 @@ from ..errors import ConfigError
 from .resource import RESOURCE_LOSSES
 from .schedule import Point, ScheduleConfig
 
-__all__ = ["AtoConfig", "VARIANTS", "DECIDE_AT", "DECIDE_BY", "DECIDE_WHEN", "RESOURCE_COSTS"]
+__all__ = ["AtoConfig", "VARIANTS", "DECIDE_AT", "DECIDE_CONTROLLER_BATCH", "DECIDE_BY", "DECIDE_WHEN", "RESOURCE_COSTS"]
 
 VARIANTS = ("paper", "decide")
 #: who chooses the mask at decide_at: the controller (ATO); the controller's per-group widths with the
@@ -31,6 +31,10 @@ RESOURCE_COSTS = ("draw", "expected")
 DECIDE_AT = 0.12
 DECIDE_CONTROLLER_START = 0.05
 DECIDE_FREEZE_AT = 0.25
+#: rows per controller update of variant="decide" in runs short enough for the controller cost cap to bind (the
+#: first rows of each batch): an update is a forward and backward pass through the soft-masked network, ~0.8 of
+#: a 128-row training step on CPU with the whole batch and ~0.3 with 64 rows (docs/decisions.md)
+DECIDE_CONTROLLER_BATCH = 64
 #: the paper variant keeps the paper's schedule (scaled from its 245-epoch run)
 PAPER_CONTROLLER_START = 0.10
 PAPER_FREEZE_AT = 0.51
@@ -54,6 +58,7 @@ class AtoConfig:
     resource_loss: str = "log_ratio"
     dead_zone: float = 0.005
     resource_cost: str = "draw"  # "expected": the resource term on sigmoid(scores), see RESOURCE_COSTS
+    controller_batch: int | None = None  # rows per controller update; None: all, 64 in cost-capped decide runs
     # schedule (ints: steps, floats: fractions of training)
     controller_start: Point | None = None  # None: 0.05 (decide) or 0.10 (paper)
     proximal_start: Point = 0.20
@@ -112,6 +117,10 @@ class AtoConfig:
                 "decide_when='stable' watches the controller's mask: it needs variant='decide' and decide_by "
                 f"'controller' or 'widths' (got variant={self.variant!r}, decide_by={self.decide_by!r})"
             )
+        if self.controller_batch is not None and self.controller_batch < 1:
+            raise ConfigError(
+                f"controller_batch must be >= 1 (rows per controller update) or None, got {self.controller_batch}"
+            )
         if not 0 < self.stable_tol < 1:
             raise ConfigError(f"stable_tol must be in (0, 1), got {self.stable_tol}")
         if self.stable_patience < 1:
@@ -145,6 +154,13 @@ class AtoConfig:
                     + ("; inf and nan are not allowed" if finite else "")
                 )
         return cls(**options)
+
+    def controller_rows(self, cost_capped: bool) -> int | None:
+        """Rows of each batch a controller update uses (None: the whole batch). ``cost_capped``: the schedule's
+        controller cost cap binds (a short run), where the decide variant also uses DECIDE_CONTROLLER_BATCH rows."""
+        if self.controller_batch is not None:
+            return self.controller_batch
+        return DECIDE_CONTROLLER_BATCH if self.variant == "decide" and cost_capped else None
 
     def schedule(self) -> ScheduleConfig:
         """The schedule part of the options."""

@@ -109,6 +109,8 @@ class Schedule:
     lambda_low: float
     lambda_high: float
     decide_at: int | None = None  # variant="decide": the step at which the mask is decided
+    # the controller cost cap raised the derived hyper_step (a short run): its updates also use fewer rows
+    cost_capped: bool = False
 
     @classmethod
     def build(cls, cfg: ScheduleConfig, total_steps: int, steps_per_epoch: int | None = None) -> Schedule:
@@ -149,13 +151,14 @@ class Schedule:
                 f"decide_at must fall strictly between controller_start and freeze_at: controller_start="
                 f"{pts['controller_start']}, decide_at={decide}, freeze_at={pts['freeze_at']} steps (of {total_steps})"
             )
+        capped = False
         if h is None:  # the search window: from controller_start to the decision (decide) or the freeze
             # the cost cap applies to the decide variant only: the paper variant keeps its trajectory
-            h = auto_hyper_step(
-                (pts["freeze_at"] if decide is None else decide) - pts["controller_start"],
-                None if decide is None else total_steps,
-            )
+            search = (pts["freeze_at"] if decide is None else decide) - pts["controller_start"]
+            h = auto_hyper_step(search, None if decide is None else total_steps)
+            capped = h > auto_hyper_step(search)
         return cls(
+            cost_capped=capped,
             total_steps=total_steps,
             hyper_step=h,
             mask_interval=max(1, int(interval)),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -29,30 +29,27 @@ def call_model(model: nn.Module, inputs: Any) -> Any:
     return model(*inputs) if isinstance(inputs, (tuple, list)) else model(inputs)
 
 
+def map_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """``fn`` applied to every tensor in nested tuples/lists/namedtuples/dicts; other leaves stay as they are."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
+        return type(obj)(*(map_tensors(o, fn) for o in obj))
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(map_tensors(o, fn) for o in obj)
+    if isinstance(obj, dict):
+        return {k: map_tensors(v, fn) for k, v in obj.items()}
+    return obj
+
+
 def to_device(obj: Any, device: torch.device) -> Any:
     """Move every tensor in nested tuples/lists/dicts to ``device``."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
-        return type(obj)(*(to_device(o, device) for o in obj))
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(to_device(o, device) for o in obj)
-    if isinstance(obj, dict):
-        return {k: to_device(v, device) for k, v in obj.items()}
-    return obj
+    return map_tensors(obj, lambda t: t.to(device, non_blocking=True))
 
 
 def first_rows(obj: Any, n: int) -> Any:
     """The first ``n`` rows (dim 0) of every tensor in nested tuples/lists/dicts; 0-d tensors stay as they are."""
-    if isinstance(obj, torch.Tensor):
-        return obj[:n] if obj.dim() > 0 else obj
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
-        return type(obj)(*(first_rows(o, n) for o in obj))
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(first_rows(o, n) for o in obj)
-    if isinstance(obj, dict):
-        return {k: first_rows(v, n) for k, v in obj.items()}
-    return obj
+    return map_tensors(obj, lambda t: t[:n] if t.dim() > 0 else t)
 
 
 def output_tensors(obj: Any) -> list[torch.Tensor]:

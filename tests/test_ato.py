@@ -120,6 +120,18 @@ def test_controller_update_rows(total: int, options: dict, rows: int, capped: bo
     assert seen == [rows]
 
 
+def test_first_rows_cuts_every_tensor_of_a_nested_batch() -> None:
+    from collections import namedtuple
+
+    from autotrainonce.ato._utils import first_rows
+
+    Pair = namedtuple("Pair", "a b")
+    batch = {"ids": torch.arange(12).reshape(6, 2), "parts": [Pair(torch.ones(6), "text")], "scale": torch.tensor(2.0)}
+    out = first_rows(batch, 4)
+    assert torch.equal(out["ids"], torch.arange(8).reshape(4, 2)) and out["parts"][0].a.shape == (4,)
+    assert isinstance(out["parts"][0], Pair) and out["parts"][0].b == "text" and out["scale"].dim() == 0
+
+
 def test_controller_batch_must_be_positive() -> None:
     with pytest.raises(ConfigError, match="controller_batch must be >= 1"):
         AutoTrainOnce(Net(8), EX, Flops(0.5), total_steps=100, controller_batch=0)

@@ -10,6 +10,8 @@ import csv
 import io
 import json
 import math
+import re
+import shlex
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -19,6 +21,7 @@ import pytest
 import torch
 
 import autotrainonce as ato
+from autotrainonce.ato import AtoConfig, Schedule
 from autotrainonce.config import Config
 from bench_modules import load_bench_script
 
@@ -453,3 +456,48 @@ def test_interleaved_run_times_each_cell_by_its_own_turns_and_keeps_the_accuraci
     assert "interleaved timing" in (out / "results.md").read_text()
     with pytest.raises(SystemExit):
         compare.parse_args(["--quick", "--interleave", "--jobs", "2"])
+
+
+# ------------------------------------------------------------------------------------------------ documented commands
+def _documented_compare_commands() -> list[tuple[str, list[str]]]:
+    """Every ``bench/compare.py`` command line in the ```bash blocks of README.md, bench/README.md and docs/
+    (except those run with ``PYTHONPATH=`` pointing at an older checkout: they take that tree's flags)."""
+    root = Path(__file__).resolve().parents[1]
+    pages = [root / "README.md", root / "bench" / "README.md", *sorted((root / "docs").glob("*.md"))]
+    found = []
+    for page in pages:
+        for block in re.findall(r"```bash\n(.*?)```", page.read_text(), flags=re.S):
+            for line in block.replace("\\\n", "").splitlines():  # bash joins a backslash-newline, quoted or not
+                if "compare.py" not in line or line.lstrip().startswith(("#", "PYTHONPATH=")):
+                    continue
+                words = shlex.split(line, comments=True)
+                at = next(i for i, w in enumerate(words) if w.endswith("compare.py"))
+                found.append((f"{page.relative_to(root)}: {line.strip()[:90]}", words[at + 1 :]))
+    return found
+
+
+def test_documented_compare_commands_are_found():
+    commands = _documented_compare_commands()
+    assert len(commands) >= 20  # docs/benchmarks.md alone names ~30; a broken extraction finds none
+    assert any("--merge" in argv for _, argv in commands)
+
+
+@pytest.mark.parametrize("where, argv", _documented_compare_commands(), ids=lambda v: "" if isinstance(v, list) else v)
+def test_documented_compare_commands_still_parse(compare, cells, where, argv):
+    """A benchmark command the docs print must still run as printed: its flags parse, every method exists and
+    every method option is one the method accepts (checked without training: ATO's options build a schedule
+    for the run's length, l1/magnitude build their pruner on a tiny net)."""
+    args = compare.parse_args(argv)
+    if args.merge is not None:
+        return
+    steps = args.epochs * math.ceil((args.train_subset or 60_000) / args.batch_size)
+    for spec in compare.cell_specs(args, Config()):
+        cfg = cells.cell_config(spec)
+        if spec.base in ("ato", "ato-freeze"):
+            ato_cfg = AtoConfig.from_options(cfg.prune.options)
+            Schedule.build(ato_cfg.schedule(), steps)
+        elif spec.base in ("l1-oneshot", "magnitude") and spec.options:
+            net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 2, 1))
+            name = "l1" if spec.base == "l1-oneshot" else "magnitude"
+            ato.pruners.create(name, net, torch.randn(1, 1, 6, 6), ato.pruners.Flops(remove=spec.target),
+                               total_steps=steps, **spec.options)  # fmt: skip

@@ -289,7 +289,10 @@ def _setup(spec: CellSpec, cfg: Config, model: nn.Module, example: torch.Tensor,
         return _Method([l1], lambda t: l1.export(), lambda: [l1_probe.change],
                        lambda: f"{l1.pruner.describe()} ({100 * l1_removed():.1f}% MACs by the exact cost)",
                        out_changes=lambda: [l1_probe.l2], cut_step=lambda: l1.pruner.cut_step)  # fmt: skip
-    space = discover(copy.deepcopy(model).eval(), example)
+    # The peers prune what they pruned before the library's split of partly fixed groups: a layer with any
+    # fixed channel (a residual stream behind a zero-padding shortcut) stays out of their reach, because
+    # neither library rewrites the padding (docs/decisions.md).
+    space = discover(copy.deepcopy(model).eval(), example, split_fixed=False)
     unprunable = _unprunable_modules(space)
     if method == "torch-pruning":
         at = window_steps(spec.window, total_steps, spec.prune_steps)

@@ -528,6 +528,10 @@ def test_row_config_unknown_key_or_wrong_type_set(capsys):
         config_from_dict({"prune": {"method": "ato", "options": {"hyper_step": "often"}}})
     cfg = config_from_dict({"prune": {"method": "ato", "options": {"controller_lr": "5e-4", "freeze_at": 40}}})
     assert cfg.prune.options == {"controller_lr": 5e-4, "freeze_at": 40}  # YAML's "5e-4" string is a float
+    cfg = config_from_dict({"prune": {"method": "ato", "options": {"split_fixed": False}}})
+    assert cfg.prune.options == {"split_fixed": False}  # the discovery option every method takes
+    with pytest.raises(ConfigError, match="prune.options.split_fixed"):
+        config_from_dict({"prune": {"method": "ato", "options": {"split_fixed": "sometimes"}}})
 
 
 # ================================================================================ row 11: NaN / Inf loss

@@ -179,3 +179,23 @@ def test_l1_scores_rank_small_filters_first():
     gi = next(i for i in space.prunable_indices if space.groups[i].name == "layer1.0.conv1")
     masks = pruners.greedy_masks(space, pruners.channel_scores(space, model), Flops(0.01), 0.01)
     assert masks[gi] is not None and not bool(masks[gi][3])
+
+
+@pytest.mark.parametrize("method", ["ato", "l1", "magnitude"])
+def test_split_fixed_option_builds_the_older_space_for_every_method(method):
+    """``split_fixed: false`` (a discovery option, not a method's) gives the space where a partly fixed
+    group stays whole: ResNet-20's padded residual stream is then kept."""
+    from types import SimpleNamespace
+
+    from autotrainonce.pruners import make_callback
+
+    model, x = models.create("resnet20", in_channels=1), torch.randn(1, 1, 28, 28)
+    options = {"at": 5} if method != "ato" else {}
+    for value, stream_prunable in ((False, False), ("0", False), (True, True)):
+        cfg = SimpleNamespace(method=method, remove_flops=0.3, remove_params=None,
+                              options={**options, "split_fixed": value})  # fmt: skip
+        space = make_callback(cfg, model, x, None, total_steps=10).pruner.space
+        assert space.groups[0].prunable is stream_prunable and space.groups[0].name.startswith("conv1")
+    cfg = SimpleNamespace(method=method, remove_flops=0.3, remove_params=None, options={"split_fixed": "maybe"})
+    with pytest.raises(ConfigError, match="split_fixed must be true or false"):
+        make_callback(cfg, model, x, None, total_steps=10)

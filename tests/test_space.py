@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import re
 import subprocess
 import sys
 import textwrap
@@ -64,8 +65,8 @@ def _members(group) -> set[tuple[str, str, int]]:
 # -- structure on known models ---------------------------------------------------------------------------------
 def test_resnet56_one_group_per_block_and_fixed_stream() -> None:
     _, _, space = _zoo("resnet56")
-    prunable = [g for g in space.groups if g.prunable]
-    assert len(prunable) == 27
+    prunable = [g for g in space.groups if g.prunable and g.name.startswith("layer")]
+    assert len(prunable) == 27 and len([g for g in space.groups if g.prunable]) == 28
     assert sorted(g.name for g in prunable) == sorted(
         f"layer{s}.{b}.conv1" for s in (1, 2, 3) for b in range(9)
     )
@@ -73,11 +74,18 @@ def test_resnet56_one_group_per_block_and_fixed_stream() -> None:
         block = g.name.rsplit(".", 1)[0]
         assert (f"{block}.conv2", "weight", 1) in _members(g)
         assert (f"{block}.bn1", "running_var", 0) in _members(g)
+    # The residual stream is one prunable group: stage 1's 16 channels, which the zero-padding shortcuts
+    # carry into the middle of stages 2 and 3; the padded-in channels form a fixed group of their own.
     stream = _group(space, "conv1")
-    assert not stream.prunable and "padded" in stream.reason
-    # the stream runs through every block's conv2 and the classifier input
-    assert ("layer3.8.conv2", "weight", 0) in _members(stream)
-    assert ("fc", "weight", 1) in _members(stream)
+    assert stream.prunable and stream.size == 16
+    assert ("layer3.8.conv2", "weight", 0) in _members(stream) and ("fc", "weight", 1) in _members(stream)
+    padded = _group(space, "layer2.0.conv2")
+    assert not padded.prunable and "padded" in padded.reason and padded.size == 64 - 16  # stage 2's padded 16 and stage 3's 32
+    assert ("layer3.8.conv2", "weight", 0) in _members(padded)
+    old = discover(*build_zoo("resnet56"), split_fixed=False)  # one fixed channel keeps the whole stream
+    whole = _group(old, "conv1")
+    assert not whole.prunable and "padded" in whole.reason and whole.size == 64
+    assert sorted(g.name for g in old.groups if g.prunable) == sorted(g.name for g in prunable)
 
 
 def test_resnet50_bottleneck_inner_convs_prunable() -> None:
@@ -234,7 +242,7 @@ def test_wrong_mask_count_or_shape_is_value_error() -> None:
     i = space.prunable_indices[0]
     masks[i] = torch.ones(space.groups[i].size + 1, dtype=torch.bool)
     for call in (space.flops, space.params, space.soft_flops, lambda m: space.prune(model, m)):
-        with pytest.raises(ValueError, match=space.groups[i].name):
+        with pytest.raises(ValueError, match=re.escape(space.groups[i].name)):
             call(masks)
     with pytest.raises(ValueError), space.masked(model, masks):
         pass
@@ -243,14 +251,15 @@ def test_wrong_mask_count_or_shape_is_value_error() -> None:
 def test_dropping_unprunable_channels_is_unsupported_op_error() -> None:
     model, x, space = _zoo("resnet20")
     masks = space.full_masks()
-    stream = space.groups[0]
-    masks[0] = torch.ones(stream.size, dtype=torch.bool)
-    masks[0][3] = False
+    gi = next(i for i, g in enumerate(space.groups) if not g.prunable and "padded" in g.reason)
+    stream = space.groups[gi]
+    masks[gi] = torch.ones(stream.size, dtype=torch.bool)
+    masks[gi][3] = False
     for call in (space.flops, lambda m: space.prune(model, m)):
         with pytest.raises(UnsupportedOpError) as info:
             call(masks)
         assert stream.name in str(info.value) and stream.reason in str(info.value)
-    masks[0] = torch.ones(stream.size, dtype=torch.bool)  # all kept is fine
+    masks[gi] = torch.ones(stream.size, dtype=torch.bool)  # all kept is fine
     assert space.flops(masks) == space.flops()
 
 
@@ -330,7 +339,7 @@ def test_custom_rules_make_an_unknown_op_prunable() -> None:
 def test_summary_lists_every_group() -> None:
     _, _, space = _zoo("resnet20")
     text = space.summary()
-    assert text.splitlines()[0].startswith("CifarResNet: 11 channel groups, 9 prunable")
+    assert text.splitlines()[0].startswith("CifarResNet: 12 channel groups, 10 prunable")
     for g in space.groups:
         assert g.name in text
     assert "prunable" in space.groups[1].describe() and repr(space).startswith("PruningSpace(")
@@ -402,8 +411,8 @@ def test_onnx_export_of_pruned_model_matches_torch(tmp_path: Path) -> None:
 def test_groups_match_torch_pruning(name: str) -> None:
     """Torch-Pruning's DependencyGraph ties the same convs' output channels together.
 
-    The one difference is deliberate: ResNet-20's zero-padded residual stream is a group there too, while we
-    keep it fixed (removing a stream channel would shift the padded channels).
+    The one difference is deliberate: in ResNet-20's zero-padded residual stream we split off the channels the
+    shortcuts pad in (stages 2 and 3's outer channels) as a fixed group; Torch-Pruning has one stream group.
     """
     import torch_pruning as tp
 
@@ -421,9 +430,10 @@ def test_groups_match_torch_pruning(name: str) -> None:
             for g in space.groups}
     ours_prunable = {frozenset(m.module for m in g.members if m.role == "out" and m.name == "weight")
                      for g in space.groups if g.prunable and g.name != "fc"}
-    assert ours - {frozenset()} == theirs
-    stream = {s for s in theirs if "conv1" in s}
-    assert ours_prunable == (theirs - stream if name == "resnet20" else theirs)
+    assert ours_prunable == theirs
+    fixed = ours - {frozenset()} - theirs
+    late_conv2 = frozenset(f"layer{s}.{b}.conv2" for s in (2, 3) for b in range(3))
+    assert fixed == ({late_conv2} if name == "resnet20" else set())
 
 
 # -- edge cases of the contract ------------------------------------------------------------------------------
@@ -481,3 +491,37 @@ def test_prune_with_check_leaves_a_training_model_as_it_was() -> None:
     assert model.training and all(m.training for m in model.modules())
     assert compact.training
     assert torch.equal(model.bn1.running_mean, stats)
+
+
+# -- partly fixed groups (split_fixed) --------------------------------------------------------------------------
+def test_padded_residual_stream_prunes_exactly_and_keeps_the_padding() -> None:
+    """Removing stream channels thins all three stages; the shortcuts' padding widths stay valid."""
+    from autotrainonce.measure import count_macs
+
+    model, x, space = _zoo("resnet20")
+    stream = _group(space, "conv1")
+    assert stream.prunable and stream.size == 16
+    masks = space.full_masks()
+    masks[0] = torch.ones(16, dtype=torch.bool)
+    masks[0][[1, 5, 6, 12]] = False  # 12 of stage 1's channels stay
+    inner = space.groups.index(_group(space, "layer2.1.conv1"))
+    masks[inner] = torch.arange(32) % 3 != 0
+    compact = space.prune(model, masks).eval()  # check=True: the compact model matches the masked one
+    assert compact.conv1.out_channels == 12 and compact.layer1[2].conv2.out_channels == 12
+    assert compact.layer2[0].conv2.out_channels == 8 + 12 + 8  # the shortcut pads 8 on each side, as before
+    assert compact.layer3[2].conv2.out_channels == 16 + 28 + 16 and compact.fc.in_features == 60
+    assert compact.layer2[1].conv1.out_channels == 21
+    with torch.no_grad(), space.masked(model, masks):
+        expected = model(x)
+    assert torch.allclose(compact(x), expected, atol=1e-5)
+    assert space.flops(masks) == count_macs(compact, x)  # the cost of a thinner stream is still exact
+
+
+def test_split_fixed_false_keeps_a_partly_fixed_group_whole() -> None:
+    model, x = build_zoo("resnet20")
+    old = discover(model, x, split_fixed=False)
+    assert len(old.groups) == 11 and len(old.prunable_indices) == 9
+    assert not old.groups[0].prunable and "padded" in old.groups[0].reason and old.groups[0].size == 64
+    new = discover(model, x)
+    assert len(new.groups) == 12 and len(new.prunable_indices) == 10
+    assert old.flops() == new.flops() and old.params() == new.params()

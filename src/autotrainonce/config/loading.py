@@ -319,7 +319,7 @@ def _checked_prune_options(prune: PruneConfig) -> dict[str, Any]:
         from ..ato.config import AtoConfig
     except ImportError:  # a build without the ato package: run_training says so
         return prune.options
-    hints = typing.get_type_hints(AtoConfig)
+    hints = {**typing.get_type_hints(AtoConfig), "split_fixed": bool}  # + discovery options (make_callback)
     out: dict[str, Any] = {}
     for key, value in prune.options.items():
         if key not in hints:

@@ -152,6 +152,23 @@ def make_callback(
 
     method = str(getattr(prune_cfg, "method", "ato")).lower()
     options = dict(getattr(prune_cfg, "options", None) or {})
+    if "split_fixed" in options:  # a discovery option, shared by every method: build the space here
+        from ..space import discover
+
+        split = _as_bool(options.pop("split_fixed"), "split_fixed")
+        options["space"] = discover(model, example_inputs, split_fixed=split)
     pruner = create(method, model, example_inputs, target_from_config(prune_cfg), holdout_loader,
                     total_steps=int(total_steps), **options)  # fmt: skip
     return PrunerCallback(pruner)
+
+
+def _as_bool(value: Any, name: str) -> bool:
+    """``value`` from a config file, a CLI override or a bench method string as a bool."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"option {name} must be true or false, got {value!r}")

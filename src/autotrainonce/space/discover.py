@@ -25,7 +25,7 @@ __all__ = ["discover", "propagate"]
 
 
 def discover(
-    model: nn.Module, example_inputs: Any, *, rules: Mapping[Any, Rule] | None = None
+    model: nn.Module, example_inputs: Any, *, rules: Mapping[Any, Rule] | None = None, split_fixed: bool = True
 ) -> PruningSpace:
     """Trace ``model`` on ``example_inputs`` and return its :class:`PruningSpace`. The model is not modified.
 
@@ -37,6 +37,11 @@ def discover(
     A model that torch.fx cannot trace (data-dependent Python control flow) falls back to its submodules: each
     maximal submodule that traces on its own gets its inner channels analysed, everything crossing the
     untraceable code is kept, and the cost stays exact. A warning says so.
+
+    ``split_fixed`` (default): a layer whose channels are only partly fixed (e.g. a residual stream that a
+    zero-padding shortcut widens with constant channels) gives two groups, its fixed channels (kept) and the
+    rest (prunable). With ``split_fixed=False`` one fixed channel keeps the whole group (the
+    space of earlier releases, kept for reproducing their benchmarks; docs/decisions.md).
     """
     check_model(model, "discover")
     try:
@@ -57,7 +62,7 @@ def discover(
             "every channel that crosses the untraceable code is kept.",
             stacklevel=2,
         )
-        return _assemble(model, ctx, inputs)
+        return _assemble(model, ctx, inputs, split_fixed)
     params = [str(n.target) for n in gm.graph.nodes if n.op == "placeholder"]
     n_args = len(params)
     varargs = any(t.startswith("*") for t in params)  # forward(*xs) takes any number of inputs
@@ -71,7 +76,7 @@ def discover(
     except TraceError:
         _check_runs(model, inputs)  # raises ExampleInputError when the eager model fails too
         raise  # the model runs but its traced graph does not: a tracing problem, not the inputs
-    return _assemble(model, propagate(gm, rules), inputs)
+    return _assemble(model, propagate(gm, rules), inputs, split_fixed)
 
 
 def _describe_inputs(inputs: tuple) -> str:
@@ -135,10 +140,13 @@ def _has_state(module: nn.Module) -> bool:
     return any(True for _ in module.parameters(recurse=True)) or any(True for _ in module.buffers(recurse=True))
 
 
-def _assemble(model: nn.Module, ctx: Propagation, inputs: tuple) -> PruningSpace:
+def _assemble(model: nn.Module, ctx: Propagation, inputs: tuple, split_fixed: bool = True) -> PruningSpace:
     n_atoms = len(ctx.parent)
     root = torch.tensor([ctx.find(a) for a in range(n_atoms)], dtype=torch.long)
-    # group = classes linked through producer blocks (a block's channels form one group)
+    # group = classes linked through producer blocks (a block's channels form one group). A reason is given
+    # per class: with split_fixed, a block's fixed classes and its free ones are linked separately, so one
+    # padded-in constant channel no longer keeps every channel of a residual stream.
+    fixed = {ctx.find(r) for r in ctx.reason} if split_fixed else set()
     gparent = list(range(n_atoms))
 
     def gfind(a: int) -> int:
@@ -148,9 +156,10 @@ def _assemble(model: nn.Module, ctx: Propagation, inputs: tuple) -> PruningSpace
         return a
 
     for _, ids in ctx.blocks:
-        rs = root[ids].tolist()
-        for r in rs[1:]:
-            ra, rb = gfind(rs[0]), gfind(r)
+        anchor: dict[bool, int] = {}
+        for r in root[ids].tolist():
+            first = anchor.setdefault(r in fixed, r)
+            ra, rb = gfind(first), gfind(r)
             if ra != rb:
                 gparent[rb] = ra
     # order groups by the first block that touches them; channels by first appearance

@@ -317,6 +317,9 @@ def test_method_options_parse(cells):
     assert "[" not in spec.name and "=" not in spec.name and spec.name.startswith("resnet20-s1-ato-freeze")
     options = cells.cell_config(spec).prune.options
     assert options["variant"] == "decide" and options["surgery"] == "freeze"
+    # the space option, as the docs write it: the int 0 of a method string passes the config check as False
+    spec = cells.CellSpec("resnet20", "ato-freeze[split_fixed=0]", 0.5, 1, Config(), "/tmp")
+    assert cells.cell_config(spec).prune.options["split_fixed"] is False
 
 
 def test_bad_method_options_are_a_usage_error(compare, capsys):

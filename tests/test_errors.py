@@ -530,6 +530,9 @@ def test_row_config_unknown_key_or_wrong_type_set(capsys):
     assert cfg.prune.options == {"controller_lr": 5e-4, "freeze_at": 40}  # YAML's "5e-4" string is a float
     cfg = config_from_dict({"prune": {"method": "ato", "options": {"split_fixed": False}}})
     assert cfg.prune.options == {"split_fixed": False}  # the discovery option every method takes
+    for written in (0, "false", "no"):  # as a bench method string (`ato-freeze[split_fixed=0]`) writes it
+        cfg = config_from_dict({"prune": {"method": "ato", "options": {"split_fixed": written}}})
+        assert cfg.prune.options == {"split_fixed": False}
     with pytest.raises(ConfigError, match="prune.options.split_fixed"):
         config_from_dict({"prune": {"method": "ato", "options": {"split_fixed": "sometimes"}}})
 

@@ -324,6 +324,11 @@ def _checked_prune_options(prune: PruneConfig) -> dict[str, Any]:
     for key, value in prune.options.items():
         if key not in hints:
             raise ConfigError(_unknown_key_message(str(key), "prune.options", sorted(hints)))
+        if key == "split_fixed":  # also 0/1 and "false" as bench method strings write it
+            from ..pruners.callback import option_bool
+
+            out[key] = option_bool(value, "prune.options.split_fixed")
+            continue
         try:
             out[key] = _convert(value, hints[key])
         except _Mismatch:

@@ -155,14 +155,14 @@ def make_callback(
     if "split_fixed" in options:  # a discovery option, shared by every method: build the space here
         from ..space import discover
 
-        split = _as_bool(options.pop("split_fixed"), "split_fixed")
+        split = option_bool(options.pop("split_fixed"), "split_fixed")
         options["space"] = discover(model, example_inputs, split_fixed=split)
     pruner = create(method, model, example_inputs, target_from_config(prune_cfg), holdout_loader,
                     total_steps=int(total_steps), **options)  # fmt: skip
     return PrunerCallback(pruner)
 
 
-def _as_bool(value: Any, name: str) -> bool:
+def option_bool(value: Any, name: str) -> bool:
     """``value`` from a config file, a CLI override or a bench method string as a bool."""
     if isinstance(value, bool):
         return value

@@ -494,13 +494,16 @@ def test_documented_compare_commands_still_parse(compare, cells, where, argv):
     if args.merge is not None:
         return
     steps = args.epochs * math.ceil((args.train_subset or 60_000) / args.batch_size)
+    from autotrainonce.pruners.callback import SPACE_OPTIONS  # make_callback takes these before the method
+
     for spec in compare.cell_specs(args, Config()):
         cfg = cells.cell_config(spec)
         if spec.base in ("ato", "ato-freeze"):
-            ato_cfg = AtoConfig.from_options(cfg.prune.options)
+            ato_cfg = AtoConfig.from_options({k: v for k, v in cfg.prune.options.items() if k not in SPACE_OPTIONS})
             Schedule.build(ato_cfg.schedule(), steps)
         elif spec.base in ("l1-oneshot", "magnitude") and spec.options:
             net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 2, 1))
             name = "l1" if spec.base == "l1-oneshot" else "magnitude"
+            options = {k: v for k, v in spec.options.items() if k not in SPACE_OPTIONS}
             ato.pruners.create(name, net, torch.randn(1, 1, 6, 6), ato.pruners.Flops(remove=spec.target),
-                               total_steps=steps, **spec.options)  # fmt: skip
+                               total_steps=steps, **options)  # fmt: skip

@@ -40,7 +40,7 @@ def test_info_lists_channel_groups(capsys):
     assert "MACs:" in head and "Parameters:" in head  # the counts come first
     assert re.search(r"#\s+group\s+size\s+prunable\s+MACs %", groups)
     assert re.search(r"^\s+1\s+layer1\.0\.conv1\s+16\s+yes\s+[\d.]+", groups, re.M)
-    assert "12 channel groups, 10 prunable" in groups
+    assert "11 channel groups, 9 prunable" in groups
     code, out, _ = run(capsys, "info", "--model", "resnet20", "--input", "1x28x28", "--no-groups")
     assert code == 0 and "MACs:" in out and "prunable" not in out
 

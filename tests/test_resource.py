@@ -158,6 +158,6 @@ def test_target_beyond_min_channels_floor_is_refused() -> None:
     from autotrainonce.space import discover
 
     space = discover(create("resnet20", num_classes=10), torch.randn(1, 3, 32, 32))
-    resolve_target(Flops(0.98), space, min_channels=1)  # reachable
+    resolve_target(Flops(0.9), space, min_channels=1)  # reachable
     with pytest.raises(TargetError, match="min_channels"):
-        resolve_target(Flops(0.995), space, min_channels=1)  # one channel in each group removes at most ~99%
+        resolve_target(Flops(0.97), space, min_channels=1)  # 95.2% is the floor with one channel each

@@ -65,8 +65,8 @@ def _members(group) -> set[tuple[str, str, int]]:
 # -- structure on known models ---------------------------------------------------------------------------------
 def test_resnet56_one_group_per_block_and_fixed_stream() -> None:
     _, _, space = _zoo("resnet56")
-    prunable = [g for g in space.groups if g.prunable and g.name.startswith("layer")]
-    assert len(prunable) == 27 and len([g for g in space.groups if g.prunable]) == 28
+    prunable = [g for g in space.groups if g.prunable]
+    assert len(prunable) == 27
     assert sorted(g.name for g in prunable) == sorted(
         f"layer{s}.{b}.conv1" for s in (1, 2, 3) for b in range(9)
     )
@@ -74,18 +74,19 @@ def test_resnet56_one_group_per_block_and_fixed_stream() -> None:
         block = g.name.rsplit(".", 1)[0]
         assert (f"{block}.conv2", "weight", 1) in _members(g)
         assert (f"{block}.bn1", "running_var", 0) in _members(g)
-    # The residual stream is one prunable group: stage 1's 16 channels, which the zero-padding shortcuts
+    whole = _group(space, "conv1")  # by default one padded-in channel keeps the whole stream
+    assert not whole.prunable and "padded" in whole.reason and whole.size == 64
+    assert ("layer3.8.conv2", "weight", 0) in _members(whole) and ("fc", "weight", 1) in _members(whole)
+    # split_fixed: the stream is one prunable group, stage 1's 16 channels, which the zero-padding shortcuts
     # carry into the middle of stages 2 and 3; the padded-in channels form a fixed group of their own.
-    stream = _group(space, "conv1")
+    split = discover(*build_zoo("resnet56"), split_fixed=True)
+    stream = _group(split, "conv1")
     assert stream.prunable and stream.size == 16
     assert ("layer3.8.conv2", "weight", 0) in _members(stream) and ("fc", "weight", 1) in _members(stream)
-    padded = _group(space, "layer2.0.conv2")
+    padded = _group(split, "layer2.0.conv2")
     assert not padded.prunable and "padded" in padded.reason and padded.size == 64 - 16  # stage 2's padded 16 and stage 3's 32
     assert ("layer3.8.conv2", "weight", 0) in _members(padded)
-    old = discover(*build_zoo("resnet56"), split_fixed=False)  # one fixed channel keeps the whole stream
-    whole = _group(old, "conv1")
-    assert not whole.prunable and "padded" in whole.reason and whole.size == 64
-    assert sorted(g.name for g in old.groups if g.prunable) == sorted(g.name for g in prunable)
+    assert sorted(g.name for g in split.groups if g.prunable) == sorted(["conv1 (+27 tied)", *(g.name for g in prunable)])
 
 
 def test_resnet50_bottleneck_inner_convs_prunable() -> None:
@@ -339,7 +340,7 @@ def test_custom_rules_make_an_unknown_op_prunable() -> None:
 def test_summary_lists_every_group() -> None:
     _, _, space = _zoo("resnet20")
     text = space.summary()
-    assert text.splitlines()[0].startswith("CifarResNet: 12 channel groups, 10 prunable")
+    assert text.splitlines()[0].startswith("CifarResNet: 11 channel groups, 9 prunable")
     for g in space.groups:
         assert g.name in text
     assert "prunable" in space.groups[1].describe() and repr(space).startswith("PruningSpace(")
@@ -416,7 +417,8 @@ def test_groups_match_torch_pruning(name: str) -> None:
     """
     import torch_pruning as tp
 
-    model, x, space = _zoo(name)
+    model, x, _ = _zoo(name)
+    space = discover(model, x, split_fixed=True)  # with whole groups the padded stream would not be prunable
     names = {m: n for n, m in model.named_modules()}
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=x)
     theirs = set()
@@ -498,7 +500,8 @@ def test_padded_residual_stream_prunes_exactly_and_keeps_the_padding() -> None:
     """Removing stream channels thins all three stages; the shortcuts' padding widths stay valid."""
     from autotrainonce.measure import count_macs
 
-    model, x, space = _zoo("resnet20")
+    model, x = build_zoo("resnet20")
+    space = discover(model, x, split_fixed=True)
     stream = _group(space, "conv1")
     assert stream.prunable and stream.size == 16
     masks = space.full_masks()
@@ -517,11 +520,11 @@ def test_padded_residual_stream_prunes_exactly_and_keeps_the_padding() -> None:
     assert space.flops(masks) == count_macs(compact, x)  # the cost of a thinner stream is still exact
 
 
-def test_split_fixed_false_keeps_a_partly_fixed_group_whole() -> None:
+def test_by_default_a_partly_fixed_group_stays_whole() -> None:
     model, x = build_zoo("resnet20")
-    old = discover(model, x, split_fixed=False)
+    old = discover(model, x)
     assert len(old.groups) == 11 and len(old.prunable_indices) == 9
     assert not old.groups[0].prunable and "padded" in old.groups[0].reason and old.groups[0].size == 64
-    new = discover(model, x)
+    new = discover(model, x, split_fixed=True)
     assert len(new.groups) == 12 and len(new.prunable_indices) == 10
     assert old.flops() == new.flops() and old.params() == new.params()

@@ -16,10 +16,12 @@ from ..core.pruner import Pruner
 from ..errors import ConfigError
 from ..space.targets import Flops, Params, Target
 
-__all__ = ["PrunerCallback", "make_callback", "target_from_config", "MASK_FILE", "WIDTHS_FILE"]
+__all__ = ["PrunerCallback", "make_callback", "target_from_config", "MASK_FILE", "WIDTHS_FILE", "SPACE_OPTIONS"]
 
 log = logging.getLogger(__name__)
 
+#: options of the pruning space that every method built by name takes (make_callback discovers with them)
+SPACE_OPTIONS = ("split_fixed",)
 MASK_FILE = "mask.json"
 WIDTHS_FILE = "widths.png"
 

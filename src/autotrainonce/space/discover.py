@@ -25,7 +25,7 @@ __all__ = ["discover", "propagate"]
 
 
 def discover(
-    model: nn.Module, example_inputs: Any, *, rules: Mapping[Any, Rule] | None = None, split_fixed: bool = True
+    model: nn.Module, example_inputs: Any, *, rules: Mapping[Any, Rule] | None = None, split_fixed: bool = False
 ) -> PruningSpace:
     """Trace ``model`` on ``example_inputs`` and return its :class:`PruningSpace`. The model is not modified.
 
@@ -38,10 +38,10 @@ def discover(
     maximal submodule that traces on its own gets its inner channels analysed, everything crossing the
     untraceable code is kept, and the cost stays exact. A warning says so.
 
-    ``split_fixed`` (default): a layer whose channels are only partly fixed (e.g. a residual stream that a
-    zero-padding shortcut widens with constant channels) gives two groups, its fixed channels (kept) and the
-    rest (prunable). With ``split_fixed=False`` one fixed channel keeps the whole group (the
-    space of earlier releases, kept for reproducing their benchmarks; docs/decisions.md).
+    By default one fixed channel keeps its whole group. With ``split_fixed=True`` a layer whose channels are
+    only partly fixed (e.g. a residual stream that a zero-padding shortcut widens with constant channels) gives
+    two groups, its fixed channels (kept) and the rest (prunable); measured, not the default
+    (docs/decisions.md).
     """
     check_model(model, "discover")
     try:
@@ -140,7 +140,7 @@ def _has_state(module: nn.Module) -> bool:
     return any(True for _ in module.parameters(recurse=True)) or any(True for _ in module.buffers(recurse=True))
 
 
-def _assemble(model: nn.Module, ctx: Propagation, inputs: tuple, split_fixed: bool = True) -> PruningSpace:
+def _assemble(model: nn.Module, ctx: Propagation, inputs: tuple, split_fixed: bool = False) -> PruningSpace:
     n_atoms = len(ctx.parent)
     root = torch.tensor([ctx.find(a) for a in range(n_atoms)], dtype=torch.long)
     # group = classes linked through producer blocks (a block's channels form one group). A reason is given

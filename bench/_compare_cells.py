@@ -289,9 +289,9 @@ def _setup(spec: CellSpec, cfg: Config, model: nn.Module, example: torch.Tensor,
         return _Method([l1], lambda t: l1.export(), lambda: [l1_probe.change],
                        lambda: f"{l1.pruner.describe()} ({100 * l1_removed():.1f}% MACs by the exact cost)",
                        out_changes=lambda: [l1_probe.l2], cut_step=lambda: l1.pruner.cut_step)  # fmt: skip
-    # The peers prune what they pruned before the library's split of partly fixed groups: a layer with any
-    # fixed channel (a residual stream behind a zero-padding shortcut) stays out of their reach, because
-    # neither library rewrites the padding (docs/decisions.md).
+    # The peers always get the whole-group space, also when the library's methods run with split_fixed=1: a
+    # layer with any fixed channel (a residual stream behind a zero-padding shortcut) stays out of their reach,
+    # because neither library rewrites the padding (docs/decisions.md).
     space = discover(copy.deepcopy(model).eval(), example, split_fixed=False)
     unprunable = _unprunable_modules(space)
     if method == "torch-pruning":

@@ -417,7 +417,7 @@ def test_groups_match_torch_pruning(name: str) -> None:
     """
     import torch_pruning as tp
 
-    model, x, _ = _zoo(name)
+    model, x = build_zoo(name)
     space = discover(model, x, split_fixed=True)  # with whole groups the padded stream would not be prunable
     names = {m: n for n, m in model.named_modules()}
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=x)

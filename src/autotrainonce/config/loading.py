@@ -319,15 +319,15 @@ def _checked_prune_options(prune: PruneConfig) -> dict[str, Any]:
         from ..ato.config import AtoConfig
     except ImportError:  # a build without the ato package: run_training says so
         return prune.options
-    hints = {**typing.get_type_hints(AtoConfig), "split_fixed": bool}  # + discovery options (make_callback)
+    from ..pruners.callback import SPACE_OPTIONS, option_bool
+
+    hints = {**typing.get_type_hints(AtoConfig), **dict.fromkeys(SPACE_OPTIONS, bool)}
     out: dict[str, Any] = {}
     for key, value in prune.options.items():
         if key not in hints:
             raise ConfigError(_unknown_key_message(str(key), "prune.options", sorted(hints)))
-        if key == "split_fixed":  # also 0/1 and "false" as bench method strings write it
-            from ..pruners.callback import option_bool
-
-            out[key] = option_bool(value, "prune.options.split_fixed")
+        if key in SPACE_OPTIONS:  # bools that make_callback reads; also 0/1 and "false" as bench strings write them
+            out[key] = option_bool(value, f"prune.options.{key}")
             continue
         try:
             out[key] = _convert(value, hints[key])

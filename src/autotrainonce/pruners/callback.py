@@ -154,11 +154,11 @@ def make_callback(
 
     method = str(getattr(prune_cfg, "method", "ato")).lower()
     options = dict(getattr(prune_cfg, "options", None) or {})
-    if "split_fixed" in options:  # a discovery option, shared by every method: build the space here
+    space_options = {k: option_bool(options.pop(k), k) for k in SPACE_OPTIONS if k in options}
+    if space_options:  # options of the pruning space, shared by every method: build the space here
         from ..space import discover
 
-        split = option_bool(options.pop("split_fixed"), "split_fixed")
-        options["space"] = discover(model, example_inputs, split_fixed=split)
+        options["space"] = discover(model, example_inputs, **space_options)
     pruner = create(method, model, example_inputs, target_from_config(prune_cfg), holdout_loader,
                     total_steps=int(total_steps), **options)  # fmt: skip
     return PrunerCallback(pruner)

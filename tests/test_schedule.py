@@ -48,6 +48,34 @@ def test_controller_cost_cap_binds_only_in_short_decide_runs():
     # the paper variant (no decide_at) keeps the uncapped derivation: 33 updates in a 240-step run
     paper = Schedule.build(ScheduleConfig(), total_steps=240)
     assert paper.hyper_step == 3 and not paper.cost_capped
+
+
+def test_cost_cap_counts_the_cheaper_updates_of_capped_runs_at_their_cost():
+    from autotrainonce.ato.schedule import CONTROLLER_COST_SHARE, REDUCED_UPDATE_COST, auto_hyper_step
+
+    # 18 search steps in 248: whole-batch updates (cost 1) allow 9.92 -> every 2nd step; 64-row ones (0.3) 33
+    assert auto_hyper_step(18, total_steps=248, update_cost=REDUCED_UPDATE_COST) == 1
+    assert auto_hyper_step(60, total_steps=248, update_cost=0.3) == 2  # 33 allowed, 60 wanted
+    cfg = ScheduleConfig(controller_start=0.05, decide_at=0.12, freeze_at=0.25, capped_update_cost=0.3)
+    for total, capped, every in ((248, True, 1), (500, True, 1), (1000, False, 2), (5616, False, 13)):
+        s = Schedule.build(cfg, total_steps=total)
+        assert (s.cost_capped, s.hyper_step) == (capped, every)
+        updates = [t for t in range(1, total + 1) if s.controller_step_due(t) and t < s.decide_at]
+        assert len(updates) * (0.3 if capped else 1.0) <= CONTROLLER_COST_SHARE * total
+    # a 40-step run: 3 search steps, 1.6 whole-batch updates allowed, 5.3 cheaper ones: one per step
+    s = Schedule.build(cfg, total_steps=40)
+    assert s.cost_capped and s.hyper_step == 1
+
+
+def test_decide_options_count_the_64_row_updates_unless_the_user_sets_the_rows():
+    from autotrainonce.ato.config import AtoConfig
+
+    def built(**options: object) -> Schedule:
+        return Schedule.build(AtoConfig.from_options(options).schedule(), total_steps=248)
+
+    assert (built().hyper_step, built().cost_capped) == (1, True)  # 18 updates of 64 rows
+    assert built(controller_batch=64).hyper_step == 2  # the user's rows: counted as whole steps, 9 updates
+    assert built(variant="paper").hyper_step == 3  # the paper variant: no cap at all (101 steps, 34 updates)
     with pytest.raises(ConfigError, match="hyper_step must be an int >= 1"):
         Schedule.build(ScheduleConfig(hyper_step=0), total_steps=240)
 

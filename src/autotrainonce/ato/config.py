@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from .resource import RESOURCE_LOSSES
-from .schedule import Point, ScheduleConfig
+from .schedule import REDUCED_UPDATE_COST, Point, ScheduleConfig
 
 __all__ = ["AtoConfig", "VARIANTS", "DECIDE_AT", "DECIDE_CONTROLLER_BATCH", "DECIDE_BY", "DECIDE_WHEN", "RESOURCE_COSTS"]
 
@@ -175,6 +175,10 @@ class AtoConfig:
         if self.variant == "decide" and self.decide_at is None:
             values["decide_at"] = DECIDE_AT
             values["decide_default"] = True  # not the user's: a run too short for it gets a step that fits
+        if self.variant == "decide" and self.controller_batch is None:
+            # where the cap binds, controller_rows() gives DECIDE_CONTROLLER_BATCH rows: the cap counts their cost
+            # (a controller_batch of the user's own keeps the conservative whole-step count)
+            values["capped_update_cost"] = REDUCED_UPDATE_COST
         return ScheduleConfig(**values)
 
 

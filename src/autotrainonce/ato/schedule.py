@@ -31,6 +31,7 @@ __all__ = [
     "CONTROLLER_UPDATES",
     "MAX_HYPER_STEP",
     "CONTROLLER_COST_SHARE",
+    "REDUCED_UPDATE_COST",
     "auto_hyper_step",
 ]
 
@@ -40,18 +41,23 @@ Point = int | float
 CONTROLLER_UPDATES = 30
 #: ... but steps at least every this many model steps in long runs (more updates cost little there)
 MAX_HYPER_STEP = 20
-#: ... and, given the run's length, takes at most this share of its model steps (a controller step costs about
-#: a model step: a short run with a short search window would otherwise pay ~7% of its steps for the search)
+#: ... and, given the run's length, spends at most this share of its model steps' cost on them (an update on the
+#: whole batch costs about a model step: a short run with a short search window would otherwise pay ~7% of its
+#: steps for the search)
 CONTROLLER_COST_SHARE = 0.04
+#: the cost, in model steps, of an update on the first 64 rows of a 128-row batch (what the decide variant's
+#: updates use where the cap binds): measured 0.30 on CPU (docs/benchmarks.md, "64-row controller updates")
+REDUCED_UPDATE_COST = 0.3
 
 
-def auto_hyper_step(search_steps: int, total_steps: int | None = None) -> int:
+def auto_hyper_step(search_steps: int, total_steps: int | None = None, update_cost: float = 1.0) -> int:
     """Model steps per controller step for a search window of ``search_steps``: ~CONTROLLER_UPDATES updates,
     never rarer than every MAX_HYPER_STEP steps, never more than one per model step. With ``total_steps``, also
-    at most ``CONTROLLER_COST_SHARE * total_steps`` updates (at least one): binds only in short runs."""
+    at most ``CONTROLLER_COST_SHARE * total_steps / update_cost`` updates (at least one), where ``update_cost``
+    is one update's cost in model steps: binds only in short runs."""
     h = max(1, min(MAX_HYPER_STEP, round(search_steps / CONTROLLER_UPDATES)))
     if total_steps is not None and search_steps > 0:
-        budget = max(1.0, CONTROLLER_COST_SHARE * total_steps)
+        budget = max(1.0, CONTROLLER_COST_SHARE * total_steps / update_cost)
         h = max(h, math.ceil(search_steps / budget))
     return h
 
@@ -77,6 +83,9 @@ class ScheduleConfig:
     # freeze_at is the default, not the user's: in a run too short for it, put it one step after the controller's
     # start instead of refusing (0.25 of a 2-step run rounds to step 0)
     freeze_default: bool = False
+    # the cost, in model steps, of a controller update where the cost cap binds at whole-batch updates (the decide
+    # variant's updates then use fewer rows, so the cap counts them at REDUCED_UPDATE_COST); 1.0: whole batch
+    capped_update_cost: float = 1.0
 
 
 def _resolve(name: str, value: Point, total: int) -> int:
@@ -156,7 +165,11 @@ class Schedule:
             # the cost cap applies to the decide variant only: the paper variant keeps its trajectory
             search = (pts["freeze_at"] if decide is None else decide) - pts["controller_start"]
             h = auto_hyper_step(search, None if decide is None else total_steps)
+            # capped: whole-batch updates would cost more than the share; the cheaper updates of such a run are
+            # counted at their own cost (cost_capped stays true even where that lifts the cap again)
             capped = h > auto_hyper_step(search)
+            if capped:
+                h = auto_hyper_step(search, total_steps, cfg.capped_update_cost)
         return cls(
             cost_capped=capped,
             total_steps=total_steps,

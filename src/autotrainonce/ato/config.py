@@ -160,7 +160,12 @@ class AtoConfig:
         controller cost cap binds (a short run), where the decide variant also uses DECIDE_CONTROLLER_BATCH rows."""
         if self.controller_batch is not None:
             return self.controller_batch
-        return DECIDE_CONTROLLER_BATCH if self.variant == "decide" and cost_capped else None
+        return DECIDE_CONTROLLER_BATCH if self._fewer_rows_when_capped() and cost_capped else None
+
+    def _fewer_rows_when_capped(self) -> bool:
+        """The decide variant without rows of the user's own: a cost-capped run's updates use
+        DECIDE_CONTROLLER_BATCH rows (controller_rows) and the cap counts them at their cost (schedule)."""
+        return self.variant == "decide" and self.controller_batch is None
 
     def schedule(self) -> ScheduleConfig:
         """The schedule part of the options."""
@@ -175,9 +180,7 @@ class AtoConfig:
         if self.variant == "decide" and self.decide_at is None:
             values["decide_at"] = DECIDE_AT
             values["decide_default"] = True  # not the user's: a run too short for it gets a step that fits
-        if self.variant == "decide" and self.controller_batch is None:
-            # where the cap binds, controller_rows() gives DECIDE_CONTROLLER_BATCH rows: the cap counts their cost
-            # (a controller_batch of the user's own keeps the conservative whole-step count)
+        if self._fewer_rows_when_capped():  # a controller_batch of the user's own counts as a whole step
             values["capped_update_cost"] = REDUCED_UPDATE_COST
         return ScheduleConfig(**values)
 

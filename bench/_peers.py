@@ -27,6 +27,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from autotrainonce.measure import count_macs, relative_output_change
+from autotrainonce.space.slicing import memory_layout
 from autotrainonce.training import Callback
 
 __all__ = [
@@ -176,6 +177,7 @@ class TorchPruningCallback(Callback):
         if ratio <= 0:
             return
         ignored = [model.get_submodule(name) for name in self.ignored]
+        channels_last = any(memory_layout(p) == torch.channels_last for p in model.parameters())
         training = model.training
         model.eval()  # the graph is traced with a forward pass: keep BatchNorm statistics as they are
         try:
@@ -190,6 +192,8 @@ class TorchPruningCallback(Callback):
             pruner.step()
         finally:
             model.train(training)
+        if channels_last:  # Torch-Pruning's slices come back row-major; a channels-last run stays channels-last
+            model.to(memory_format=torch.channels_last)
 
     def _removed_after(self, model: nn.Module, ratio: float) -> float:
         trial = copy.deepcopy(model)

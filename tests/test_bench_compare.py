@@ -286,6 +286,23 @@ def test_torch_pruning_ratio_maps_monotonically_to_macs(peers):
     assert ato.measure.count_macs(model, x) == dense  # the searches worked on copies
 
 
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_torch_pruning_cut_keeps_the_models_memory_layout(peers, channels_last):
+    # a channels-last run (``--set run.channels_last=true``) must time Torch-Pruning's compact network in the
+    # same layout as every other method's, not a mix of row-major slices and channels-last tensors
+    if peers.missing_peer("torch-pruning"):
+        pytest.skip(peers.missing_peer("torch-pruning"))
+    model, x, keep = _tiny_resnet()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    cb = peers.TorchPruningCallback(0.5, [1], x, keep, ato.measure.count_macs(model, x), torch.randn(4, 1, 8, 8))
+    cb._prune(model, 0.5)
+    convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[1] > 1]
+    assert ato.measure.count_macs(model, x) < cb.dense_macs
+    want = torch.channels_last if channels_last else torch.contiguous_format
+    assert all(w.is_contiguous(memory_format=want) for w in convs)
+
+
 def test_oto_group_sparsity_maps_monotonically_to_macs(peers, tmp_path):
     if peers.missing_peer("oto-hesso"):
         pytest.skip(peers.missing_peer("oto-hesso"))

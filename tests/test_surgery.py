@@ -134,3 +134,36 @@ def test_parametrized_modules_are_refused_before_anything_changes():
     with pytest.raises(SurgeryError, match="parametrizations .* use space.prune"):
         space.prune_(model, _half(space))
     assert model[0].out_channels == 8
+
+
+@pytest.mark.parametrize("in_place", [True, False])
+def test_a_channels_last_model_stays_channels_last_after_the_cut(in_place):
+    # The trainer runs convolutional models channels-last on CUDA; a cut that handed back row-major weights
+    # would leave the compact network converting between layouts at every step.
+    model = _net().to(memory_format=torch.channels_last)
+    x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 5, (16,))
+    space = discover(model, x[:1])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    masks = _half(space)
+    ref = _masked(space, model, masks, x)
+    cut = space.prune_(model, masks, optimizer=opt) if in_place else space.prune(model, masks, optimizer=opt)
+    convs = [m for m in cut.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.weight.shape[:2] for c in convs] == [(4, 3), (6, 4)]
+    for conv in convs:
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+        assert not conv.weight.is_contiguous()
+        assert opt.state[conv.weight]["momentum_buffer"].is_contiguous(memory_format=torch.channels_last)
+    cut.eval()
+    with torch.no_grad():
+        got = outputs(cut, (x,))
+    assert torch.allclose(got[0], ref[0], atol=1e-5)
+
+
+def test_a_row_major_model_stays_row_major_after_the_cut():
+    model = _net()
+    x = torch.randn(2, 3, 8, 8)
+    space = discover(model, x[:1])
+    space.prune_(model, _half(space))
+    assert all(p.is_contiguous() for p in model.parameters())

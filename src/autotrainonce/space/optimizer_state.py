@@ -12,17 +12,11 @@ import torch
 from torch import nn
 
 from ..errors import SurgeryError
+from .slicing import slice_dims
 
 __all__ = ["retarget_optimizer", "remap_optimizer_", "check_sliceable"]
 
 Keep = dict[tuple[str, str], dict[int, torch.Tensor]]
-
-
-def _slice_like(value: torch.Tensor, keep: dict[int, torch.Tensor]) -> torch.Tensor:
-    out = value
-    for dim, index in keep.items():
-        out = out.index_select(dim, index.to(out.device))
-    return out.contiguous()
 
 
 def retarget_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module, compact: nn.Module, keep: Keep) -> None:
@@ -67,7 +61,7 @@ def remap_optimizer_(
             state = {}
             for key, value in optimizer.state[p].items():
                 if isinstance(value, torch.Tensor) and cut and value.shape == p.shape:
-                    state[key] = _slice_like(value, cut)
+                    state[key] = slice_dims(value, cut)
                 else:
                     state[key] = value
             new_state[q] = state

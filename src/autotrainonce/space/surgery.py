@@ -18,6 +18,7 @@ from torch import nn
 from ..errors import SurgeryError
 from .ops import Fixer, module_fixer, update_op
 from .optimizer_state import check_sliceable, remap_optimizer_, retarget_optimizer
+from .slicing import slice_dims
 
 if TYPE_CHECKING:
     from .pruning_space import PruningSpace
@@ -35,12 +36,7 @@ def register_attribute_fixer(cls: type[nn.Module], fixer: Fixer) -> None:
 
 
 def _slice(t: torch.Tensor, dims: dict, masks: list) -> torch.Tensor:
-    out = t
-    for dim, pd in dims.items():
-        keep = pd.keep_index(masks)
-        if keep.numel() != out.shape[dim]:
-            out = out.index_select(dim, keep.to(out.device))
-    return out.contiguous()
+    return slice_dims(t, {dim: pd.keep_index(masks) for dim, pd in dims.items()})
 
 
 def _emptied(space: PruningSpace, path: str, name: str, dims: dict, masks: list) -> str:

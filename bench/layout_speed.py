@@ -82,8 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 for width in ("dense", "half"):
                     rm, cl = t[(width, "row-major")], t[(width, "channels-last")]
                     print(f"| {name} | {threads} | {width} | {1000 * rm:.1f} | {1000 * cl:.1f} | {cl / rm:.2f} | "
-                          f"{t[(width, 'row-major')] / t[('dense', 'row-major')]:.2f} | "
-                          f"{t[(width, 'channels-last')] / t[('dense', 'channels-last')]:.2f} |")
+                          f"{rm / t[('dense', 'row-major')]:.2f} | {cl / t[('dense', 'channels-last')]:.2f} |")
     finally:
         torch.set_num_threads(before)
     return 0

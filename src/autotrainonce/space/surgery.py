@@ -35,10 +35,6 @@ def register_attribute_fixer(cls: type[nn.Module], fixer: Fixer) -> None:
     update_op(cls, fix_attributes=fixer)
 
 
-def _slice(t: torch.Tensor, dims: dict, masks: list) -> torch.Tensor:
-    return slice_dims(t, {dim: pd.keep_index(masks) for dim, pd in dims.items()})
-
-
 def _emptied(space: PruningSpace, path: str, name: str, dims: dict, masks: list) -> str:
     groups = {
         space.groups[int(g)].name
@@ -72,13 +68,13 @@ def _plan(
             old = getattr(mod, name)
             if old is None or id(old) in seen:
                 continue
-            new = _slice(old.detach(), dims, masks)
-            if new.shape == old.shape:
+            keep = {d: idx for d, pd in dims.items() if (idx := pd.keep_index(masks)).numel() != old.shape[d]}
+            if not keep:  # nothing of this tensor is cut
                 continue
+            new = slice_dims(old.detach(), keep)
             if new.numel() == 0:
                 raise ValueError(_emptied(space, path, name, dims, masks))
             seen.add(id(old))
-            keep = {d: idx for d, pd in dims.items() if (idx := pd.keep_index(masks)).numel() != old.shape[d]}
             plan.append((mod, name, old, new, keep))
     return plan
 

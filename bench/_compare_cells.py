@@ -264,7 +264,7 @@ def _setup(spec: CellSpec, cfg: Config, model: nn.Module, example: torch.Tensor,
             lambda: f"surgery={options.get('surgery', 'end')}, hyper_step={cb.pruner.schedule.hyper_step}, "
             f"controller batch {cb.pruner.config.controller_rows(cb.pruner.schedule.cost_capped) or 'all'}, holdout {100 * cfg.data.holdout_fraction:g}%"
             + (f", variant={options['variant']}" if "variant" in options else "")  # ablations tell rows apart
-            + "".join(f", {k}={options[k]}" for k in ("controller_start", "decide_at", "freeze_at") if k in options),
+            + "".join(f", {k}={options[k]}" for k in ("controller_start", "decide_at", "freeze_at", "round_to") if k in options),
             out_changes=lambda: [cut_probe.l2], instruments=freeze_instruments,
             cut_step=lambda: cb.pruner.schedule.freeze_at,
         )  # fmt: skip

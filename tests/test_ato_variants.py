@@ -360,3 +360,29 @@ def test_decide_when_stable_state_round_trip_continues_identically(stop):
     assert pc.decided_early_at == pa.decided_early_at is not None and pc.schedule == pa.schedule
     for (k, va), vc in zip(ma.state_dict().items(), mc.state_dict().values()):
         assert torch.equal(va, vc), k
+
+
+@pytest.mark.parametrize("by", ["controller", "widths", "random"])
+def test_round_to_decides_widths_in_multiples_and_cuts_exactly(by):
+    """round_to=4: every kept width a multiple of 4 (or the whole group), the same ramp and exact cut, the
+    reduction near the target."""
+    model, opt, pruner = _setup(Params(0.4), **DECIDE, decide_by=by, round_to=4)
+    cut = False
+    for xb, yb in _batches():
+        cut = _one_step(model, opt, pruner, xb, yb) or cut
+    assert cut and pruner.freeze_report["output_change"] < 1e-5
+    for gi, keep in zip(pruner.prunable, pruner.mask):
+        assert int(keep.sum()) % 4 == 0 or bool(keep.all()), pruner.space.groups[gi].name
+    assert any(not bool(k.all()) for k in pruner.mask)
+    removed = 1.0 - pruner.cut_report["params_after"] / pruner.cut_report["params_before"]
+    # Net(8) under multiples of 4 steps by 15-20% of its parameters: 0.46 is the nearest reachable to 0.4
+    assert removed == pytest.approx(0.4, abs=0.07)
+
+
+def test_round_to_is_checked():
+    with pytest.raises(ConfigError, match=r"round_to must be an int >= 1"):
+        AtoConfig(round_to=0)
+    from autotrainonce.errors import TargetError
+
+    with pytest.raises(TargetError, match=r"multiples of 16 \(option round_to\)"):
+        _setup(Params(0.4), **DECIDE, round_to=16)  # Net(8)'s groups of 8 and 16 would stay whole

@@ -199,3 +199,21 @@ def test_split_fixed_option_builds_the_older_space_for_every_method(method):
     cfg = SimpleNamespace(method=method, remove_flops=0.3, remove_params=None, options={"split_fixed": "maybe"})
     with pytest.raises(ConfigError, match="split_fixed must be true or false"):
         make_callback(cfg, model, x, None, total_steps=10)
+
+
+@pytest.mark.parametrize("name", ["l1", "magnitude"])
+def test_magnitude_methods_round_widths_to_a_multiple(name):
+    """round_to=4: the cut network's prunable widths are multiples of 4 (or whole), the cut is exact, and the
+    reduction is the nearest the multiple allows (Net(16) steps by ~5% of its MACs under 4)."""
+    torch.manual_seed(0)
+    model = Net(16)
+    dense_macs = count_macs(model, EX)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    pruner = pruners.create(name, model, EX, Flops(0.5), total_steps=40, at=0.5, round_to=4)
+    assert _train(model, pruner, 20, opt)[-1] and pruner.cut
+    assert pruner.cut_report["max_abs_diff"] <= 1e-4 * max(1.0, pruner.cut_report["output_scale"])
+    widths = [conv.out_channels for conv in (model.c1, model.c2, model.c3)]
+    assert all(w % 4 == 0 for w in widths) and sum(widths) < 16 + 32 + 32, widths
+    assert 1 - count_macs(model, EX) / dense_macs == pytest.approx(0.5, abs=0.03)
+    with pytest.raises(ConfigError, match="round_to must be an int >= 1"):
+        pruners.create(name, Net(16), EX, Flops(0.5), total_steps=40, round_to=0)

@@ -117,7 +117,8 @@ class AutoTrainOnce(Cutting, RankSync, Reporting, Pruner):
                 "them; remove the parametrization first (torch.nn.utils.parametrize.remove_parametrizations)"
             )
         self.target = target
-        self.budget = resolve_target(target, space, cfg.min_channels)  # raises TargetError for bad or unreachable targets
+        # raises TargetError for bad targets, and for ones the smallest network allowed (min_channels, round_to) misses
+        self.budget = resolve_target(target, space, cfg.min_channels, cfg.round_to)
         self.prunable = [i for i, g in enumerate(space.groups) if g.prunable]
         groups = [space.groups[i] for i in self.prunable]
         self.generator = torch.Generator().manual_seed(int(cfg.seed))

@@ -50,6 +50,9 @@ class AtoConfig:
     temperature: float = 0.4
     offset: float = 3.0
     min_channels: int = 1
+    # kept widths in multiples of this (or the whole group) when the mask is fixed: 8 or 16 for vector units and
+    # tensor cores; 1 = any width (space.selection.round_widths; docs/decisions.md)
+    round_to: int = 1
     # controller training
     controller_lr: float = 1e-3
     controller_weight_decay: float = 1e-2
@@ -96,6 +99,8 @@ class AtoConfig:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         if self.min_channels < 0:
             raise ConfigError(f"min_channels must be >= 0, got {self.min_channels}")
+        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
+            raise ConfigError(f"round_to must be an int >= 1 (1: any width; 8: multiples of 8), got {self.round_to!r}")
         if self.surgery not in ("end", "freeze"):
             raise ConfigError(f"surgery={self.surgery!r}; choose 'end' or 'freeze'")
         for name, choices in (

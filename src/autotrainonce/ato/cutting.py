@@ -11,7 +11,7 @@ from torch import nn
 
 from ..errors import SurgeryError
 from ..measure import eval_outputs, relative_output_change
-from ..space.selection import channel_scores, greedy_masks
+from ..space.selection import channel_scores, greedy_masks, round_widths
 from ._utils import device_of, to_device
 from .instruments import freeze_report
 from .ranks import is_rank0, world_size
@@ -31,9 +31,9 @@ class Cutting:
             return
         by = self.config.decide_by
         if by == "controller":
-            mask = self.final_mask()
+            mask = self._rounded(self.final_mask())
         elif by == "widths":
-            mask = self._widths_mask(self.final_mask())
+            mask = self._widths_mask(self._rounded(self.final_mask()))
         else:
             mask = self._control_mask(by)
         self._set_mask(self._agree(mask))
@@ -57,6 +57,19 @@ class Cutting:
             out.append(chosen)
         return out
 
+    def _rounded(self, mask: list[torch.Tensor], scores: dict[int, torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """``mask`` with kept widths in multiples of ``round_to`` at the nearest cost; channels added or removed
+        at the margin by ``scores`` (default: the controller's noiseless keep probabilities)."""
+        if self.config.round_to <= 1:
+            return mask
+        if scores is None:
+            if self.controller is None:
+                scores = channel_scores(self.space, self.model)
+            else:
+                scores = {gi: torch.sigmoid(s.cpu().double()) for gi, s in zip(self.prunable, self.controller.scores())}
+        full = round_widths(self.space, self._full(mask), scores, self.target, self.config.round_to, self.config.min_channels)
+        return [torch.ones(self.space.groups[gi].size, dtype=torch.bool) if full[gi] is None else full[gi] for gi in self.prunable]
+
     def _control_mask(self, by: str) -> list[torch.Tensor]:
         """Ablation controls of the decision (decide_by): the lowest-L1 channels, or random ones, dropped
         globally until the target is met exactly, as the magnitude baselines choose."""
@@ -66,6 +79,8 @@ class Cutting:
             scores = {gi: torch.rand(self.space.groups[gi].size, generator=self.generator, dtype=torch.float64)
                       for gi in self.prunable}  # fmt: skip
         full = greedy_masks(self.space, scores, self.target, self.target.remove, self.config.min_channels)
+        if self.config.round_to > 1:
+            full = round_widths(self.space, full, scores, self.target, self.config.round_to, self.config.min_channels)
         return [
             torch.ones(self.space.groups[gi].size, dtype=torch.bool) if full[gi] is None else full[gi].bool()
             for gi in self.prunable
@@ -86,7 +101,7 @@ class Cutting:
         norms = [n if slots else None for n, slots in zip(prox.channel_norms(), prox.slots)]
         inputs = to_device(self.example_inputs, device_of(self.model))
         before = eval_outputs(self.model, inputs)
-        self._set_mask(self._agree(self.final_mask()))
+        self._set_mask(self._agree(self.final_mask() if self.decided else self._rounded(self.final_mask())))
         self.frozen = True
         if self.config.zero_at_freeze:
             opt = optimizer if self.config.reset_optimizer_state else None

@@ -27,7 +27,7 @@ from ..errors import ConfigError
 from ..measure import eval_outputs, relative_output_change
 from ..space import PruningSpace, discover
 from ..space.model_checks import check_model
-from ..space.selection import channel_scores, greedy_masks
+from ..space.selection import channel_scores, greedy_masks, round_widths
 from ..space.targets import Target, resolve_target
 
 __all__ = ["MagnitudePruner", "L1OneShot", "ProgressiveMagnitude", "channel_scores", "greedy_masks"]
@@ -60,6 +60,10 @@ class MagnitudePruner(Pruner):
         stages: number of decisions from ``start`` to ``at`` (1 = one shot).
         norm: 1 (L1) or 2 (L2) norm of the producing weights.
         min_channels: channels every prunable group keeps.
+        round_to: kept widths in multiples of this (or the whole group) at the last decision, at the cost nearest
+            the unrounded choice (8 or 16 suit vector units and tensor cores); 1 = any width. A progressive run
+            rounds only its last decision, which may then keep a channel an earlier stage zeroed (it trains on
+            from zero).
     """
 
     name = "magnitude"
@@ -79,6 +83,7 @@ class MagnitudePruner(Pruner):
         stages: int = 1,
         norm: int = 1,
         min_channels: int = 1,
+        round_to: int = 1,
     ) -> None:
         check_model(model, type(self).__name__)
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps <= 0:
@@ -90,11 +95,13 @@ class MagnitudePruner(Pruner):
             raise ConfigError(f"norm must be 1 (L1) or 2 (L2), got {norm!r}")
         if isinstance(stages, bool) or not isinstance(stages, int) or stages < 1:
             raise ConfigError(f"stages must be a positive int, got {stages!r}")
+        if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+            raise ConfigError(f"round_to must be an int >= 1 (1: any width; 8: multiples of 8), got {round_to!r}")
         self.model = model
         self.example_inputs = example_inputs
         self.space = space if space is not None else discover(model, example_inputs)
         self.target = target
-        self.budget = resolve_target(target, self.space, min_channels)  # TargetError when unreachable
+        self.budget = resolve_target(target, self.space, min_channels, round_to)  # TargetError when unreachable
         self.total_steps = total_steps
         self.cut_step = _step_of(at, total_steps, "at")
         first = self.cut_step if start is None else _step_of(start, total_steps, "start")
@@ -107,6 +114,7 @@ class MagnitudePruner(Pruner):
         )
         self.norm = norm
         self.min_channels = min_channels
+        self.round_to = round_to
         self.global_step = 0
         self.mask: list[torch.Tensor | None] | None = None  # aligned with space.groups
         self.cut = False
@@ -121,7 +129,10 @@ class MagnitudePruner(Pruner):
                 if m is not None and gi in scores:
                     scores[gi] = torch.where(m, scores[gi], torch.full_like(scores[gi], -1.0))
         share = self.target.remove * (stage + 1) / len(self.decisions)
-        return greedy_masks(self.space, scores, self.target, share, self.min_channels)
+        masks = greedy_masks(self.space, scores, self.target, share, self.min_channels)
+        if self.round_to > 1 and stage == len(self.decisions) - 1:
+            masks = round_widths(self.space, masks, scores, self.target, self.round_to, self.min_channels)
+        return masks
 
     def _zero(self, masks: list[torch.Tensor | None], optimizer: torch.optim.Optimizer | None) -> None:
         """Set the dropped channels (every parameter member) and their momentum exactly to zero."""

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from .pruning_space import PruningSpace
-from .targets import Target
+from .targets import Target, allowed_widths
 
-__all__ = ["channel_scores", "greedy_masks"]
+__all__ = ["channel_scores", "greedy_masks", "round_widths"]
 
 
 def channel_scores(space: PruningSpace, model: nn.Module, norm: int = 1) -> dict[int, torch.Tensor]:
@@ -76,3 +76,96 @@ def greedy_masks(
         else:
             lo = mid + 1
     return masks_for(lo)
+
+
+def round_widths(
+    space: PruningSpace,
+    masks: list[torch.Tensor | None],
+    scores: dict[int, torch.Tensor],
+    target: Target,
+    multiple: int,
+    min_channels: int = 1,
+) -> list[torch.Tensor | None]:
+    """``masks`` with every prunable group's kept count a multiple of ``multiple`` (or the whole group), at the
+    cost closest to ``target``'s goal (``1 - target.remove`` of the dense cost), on either side of it.
+
+    Why: a convolution whose channel count is a multiple of 8 (or 16, 32) runs in whole vector lanes and tensor
+    core tiles; 13 channels cost nearly what 16 do. Each group first takes the allowed count nearest to the one
+    ``masks`` keeps (a group ``masks`` keeps whole stays whole); then, while the rounded network costs more than
+    the goal, the group whose step down loses the least score per unit of cost saved steps down, and while a
+    step up still fits, the group gaining the most score per unit of cost steps up; the last step up is taken
+    when it lands nearer the goal. Within a group the channels ``masks`` keeps come first, each part
+    ordered by ``scores`` (higher kept first), so rounding only adds or removes channels at the margin.
+    """
+    if multiple <= 1:
+        return list(masks)
+    order: dict[int, torch.Tensor] = {}
+    counts: dict[int, int] = {}
+    options: dict[int, list[int]] = {}
+    for gi, s in scores.items():
+        size = space.groups[gi].size
+        m = masks[gi]
+        kept = torch.ones(size, dtype=torch.bool) if m is None else m.bool().cpu()
+        # kept channels first, then dropped ones, each by descending score
+        s = s.double().cpu()
+        ranked_kept = torch.nonzero(kept).flatten()[torch.argsort(s[kept], descending=True)]
+        ranked_drop = torch.nonzero(~kept).flatten()[torch.argsort(s[~kept], descending=True)]
+        order[gi] = torch.cat([ranked_kept, ranked_drop])
+        options[gi] = allowed_widths(size, multiple, min_channels)
+        want = int(kept.sum())
+        counts[gi] = size if want == size else min(options[gi], key=lambda c: (abs(c - want), -c))
+    gain = {gi: torch.cat([torch.zeros(1, dtype=torch.float64), scores[gi].double().cpu()[order[gi]].cumsum(0)])
+            for gi in scores}  # fmt: skip  # gain[gi][k]: score kept by the k best channels
+
+    def build(cnt: dict[int, int]) -> list[torch.Tensor | None]:
+        out = list(masks)
+        for gi, k in cnt.items():
+            keep = torch.zeros(space.groups[gi].size, dtype=torch.bool)
+            keep[order[gi][:k]] = True
+            out[gi] = None if bool(keep.all()) else keep
+        return out
+
+    def cost(cnt: dict[int, int]) -> int:
+        return target.cost(space, build(cnt))
+
+    def neighbour(gi: int, up: bool) -> int | None:
+        i = options[gi].index(counts[gi]) + (1 if up else -1)
+        return options[gi][i] if 0 <= i < len(options[gi]) else None
+
+    ref = (1.0 - target.remove) * target.cost(space, None)
+    now = cost(counts)
+    while now > ref:  # step down the group that loses the least score per unit of cost saved
+        best = None
+        for gi in counts:
+            k = neighbour(gi, up=False)
+            if k is None:
+                continue
+            c = cost({**counts, gi: k})
+            saved = now - c
+            if saved <= 0:
+                continue
+            lost = float(gain[gi][counts[gi]] - gain[gi][k])
+            if best is None or lost / saved < best[0]:
+                best = (lost / saved, gi, k, c)
+        if best is None:
+            break  # nothing left to step down: as near as the multiple allows
+        _, gi, k, now = best
+        counts[gi] = k
+    while True:  # step up the group that gains the most score per unit of cost, while it fits (or lands nearer)
+        best = None
+        for gi in counts:
+            k = neighbour(gi, up=True)
+            if k is None:
+                continue
+            c = cost({**counts, gi: k})
+            added = c - now
+            if added <= 0 or abs(c - ref) >= abs(now - ref):
+                continue
+            won = float(gain[gi][k] - gain[gi][counts[gi]])
+            if best is None or won / added > best[0]:
+                best = (won / added, gi, k, c)
+        if best is None:
+            break
+        _, gi, k, now = best
+        counts[gi] = k
+    return build(counts)

@@ -16,7 +16,7 @@ import torch
 
 from ..errors import TargetError
 
-__all__ = ["Target", "Flops", "Params", "Budget", "resolve_target"]
+__all__ = ["Target", "Flops", "Params", "Budget", "allowed_widths", "resolve_target"]
 
 
 class _Space(Protocol):  # the part of PruningSpace this module needs
@@ -116,23 +116,36 @@ def _all_removed(space: _Space) -> list[torch.Tensor | None]:
     return [torch.zeros(g.size, dtype=torch.bool) if g.prunable else None for g in space.groups]
 
 
-def _min_kept(space: _Space, min_channels: int) -> list[torch.Tensor | None]:
+def allowed_widths(size: int, multiple: int, min_channels: int = 1) -> list[int]:
+    """The kept-channel counts a group of ``size`` channels may take under a width multiple, ascending.
+
+    Multiples of ``multiple`` from the smallest one that keeps ``min_channels`` (at least one multiple), and the
+    whole group, which stays allowed when ``size`` is no multiple (a 10-channel group under 8 keeps 8 or 10).
+    """
+    if multiple <= 1:
+        return list(range(max(1, min_channels), size + 1))
+    first = max(multiple, -(-max(1, min_channels) // multiple) * multiple)
+    return sorted({*range(first, size + 1, multiple), size})
+
+
+def _min_kept(space: _Space, min_channels: int, round_to: int = 1) -> list[torch.Tensor | None]:
     out: list[torch.Tensor | None] = []
     for g in space.groups:
         if not g.prunable:
             out.append(None)
             continue
         keep = torch.zeros(g.size, dtype=torch.bool)
-        keep[: min(min_channels, g.size)] = True
+        keep[: min(min_channels, g.size) if round_to <= 1 else allowed_widths(g.size, round_to, min_channels)[0]] = True
         out.append(keep)
     return out
 
 
-def resolve_target(target: Target, space: _Space, min_channels: int = 0) -> Budget:
+def resolve_target(target: Target, space: _Space, min_channels: int = 0, round_to: int = 1) -> Budget:
     """Convert ``target`` into the kept fraction ``p`` of the prunable cost, or raise :class:`TargetError`.
 
     ``p = ((1 - remove) * T_total - T_fixed) / T_prunable``. With ``min_channels`` (every group keeps at least
-    that many channels) a target beyond what the smallest allowed network saves is refused too.
+    that many channels) or ``round_to`` (kept counts are multiples of it, see :func:`allowed_widths`) a target
+    beyond what the smallest allowed network saves is refused too.
     """
     if not isinstance(target, Target):
         raise TargetError(f"target must be Flops(remove=...) or Params(remove=...), got {target!r}")
@@ -160,12 +173,15 @@ def resolve_target(target: Target, space: _Space, min_channels: int = 0) -> Budg
             "(network inputs/outputs, unsupported ops, unprunable groups); ask for less than "
             f"remove={prunable / total:.3f}"
         )
-    if min_channels > 0:
-        floor = target.cost(space, _min_kept(space, min_channels))
+    if min_channels > 0 or round_to > 1:
+        floor = target.cost(space, _min_kept(space, min_channels, round_to))
         if (1.0 - target.remove) * total < floor:
+            why = f"at least {min_channels} channel(s) kept in every prunable group (option min_channels)"
+            if round_to > 1:
+                why = f"kept widths in multiples of {round_to} (option round_to) and " + why
+            fix = "; or a smaller round_to" if round_to > 1 else ""
             raise TargetError(
-                f"cannot reach {target}: with at least {min_channels} channel(s) kept in every prunable group "
-                f"(option min_channels), at most {1.0 - floor / total:.1%} of the network's {target.label} can "
-                f"be removed; ask for less than remove={1.0 - floor / total:.3f}"
+                f"cannot reach {target}: with {why}, at most {1.0 - floor / total:.1%} of the network's "
+                f"{target.label} can be removed; ask for less than remove={1.0 - floor / total:.3f}{fix}"
             )
     return Budget(target=target, total=total, fixed=fixed, p=float(p))

@@ -14,6 +14,7 @@ from autotrainonce.space.targets import Flops, Params, allowed_widths, resolve_t
 
 @pytest.fixture(scope="module")
 def resnet20_space():
+    torch.manual_seed(0)
     model = models.create("resnet20", num_classes=10, in_channels=1)
     return model, discover(model, torch.randn(1, 1, 28, 28))
 

@@ -93,8 +93,9 @@ def round_widths(
     core tiles; 13 channels cost nearly what 16 do. Each group first takes the allowed count nearest to the one
     ``masks`` keeps (a group ``masks`` keeps whole stays whole); then, while the rounded network costs more than
     the goal, the group whose step down loses the least score per unit of cost saved steps down, and while a
-    step up still fits, the group gaining the most score per unit of cost steps up; the last step up is taken
-    when it lands nearer the goal. Within a group the channels ``masks`` keeps come first, each part
+    step up lands nearer the goal, the group gaining the most score per unit of cost steps up; last, one group
+    up and another down while that lands nearer (steps of different groups cost different amounts, so a swap
+    can close a gap no single step can). Within a group the channels ``masks`` keeps come first, each part
     ordered by ``scores`` (higher kept first), so rounding only adds or removes channels at the margin.
     """
     if multiple <= 1:
@@ -132,7 +133,8 @@ def round_widths(
         i = options[gi].index(counts[gi]) + (1 if up else -1)
         return options[gi][i] if 0 <= i < len(options[gi]) else None
 
-    ref = (1.0 - target.remove) * target.cost(space, None)
+    dense = target.cost(space, None)
+    ref = (1.0 - target.remove) * dense
     now = cost(counts)
     while now > ref:  # step down the group that loses the least score per unit of cost saved
         best = None
@@ -168,4 +170,22 @@ def round_widths(
             break
         _, gi, k, now = best
         counts[gi] = k
+    close = 1e-3 * dense  # a swap costs a pass over all pairs of groups: stop within 0.1% of the dense cost
+    while abs(now - ref) > close:  # one group up and another down, while that lands strictly nearer the goal
+        swap = None
+        for up in counts:
+            k_up = neighbour(up, up=True)
+            if k_up is None:
+                continue
+            for down in counts:
+                k_down = None if down == up else neighbour(down, up=False)
+                if k_down is None:
+                    continue
+                c = cost({**counts, up: k_up, down: k_down})
+                if abs(c - ref) < abs(now - ref) and (swap is None or abs(c - ref) < abs(swap[0] - ref)):
+                    swap = (c, up, k_up, down, k_down)
+        if swap is None:
+            break
+        now, up, k_up, down, k_down = swap
+        counts[up], counts[down] = k_up, k_down
     return build(counts)

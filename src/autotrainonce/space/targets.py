@@ -181,7 +181,7 @@ def resolve_target(target: Target, space: _Space, min_channels: int = 0, round_t
                 why = f"kept widths in multiples of {round_to} (option round_to) and " + why
             fix = "; or a smaller round_to" if round_to > 1 else ""
             raise TargetError(
-                f"cannot reach {target}: with {why}, at most {1.0 - floor / total:.1%} of the network's "
-                f"{target.label} can be removed; ask for less than remove={1.0 - floor / total:.3f}{fix}"
+                f"cannot reach {target}: with {why}, at most {1.0 - floor / total:.2%} of the network's "
+                f"{target.label} can be removed; ask for less than remove={1.0 - floor / total:.4f}{fix}"
             )
     return Budget(target=target, total=total, fixed=fixed, p=float(p))

@@ -136,39 +136,30 @@ def round_widths(
     dense = target.cost(space, None)
     ref = (1.0 - target.remove) * dense
     now = cost(counts)
-    while now > ref:  # step down the group that loses the least score per unit of cost saved
+
+    def best_step(up: bool) -> tuple[int, int, int] | None:
+        """(group, new count, new cost) of the best single step: the one whose score change per unit of cost
+        moved is largest (down: the least score lost per unit saved; up, only where it lands nearer the goal:
+        the most score won per unit added)."""
         best = None
         for gi in counts:
-            k = neighbour(gi, up=False)
+            k = neighbour(gi, up)
             if k is None:
                 continue
             c = cost({**counts, gi: k})
-            saved = now - c
-            if saved <= 0:
+            moved = abs(c - now)
+            if moved == 0 or (up and abs(c - ref) >= abs(now - ref)):
                 continue
-            lost = float(gain[gi][counts[gi]] - gain[gi][k])
-            if best is None or lost / saved < best[0]:
-                best = (lost / saved, gi, k, c)
-        if best is None:
-            break  # nothing left to step down: as near as the multiple allows
-        _, gi, k, now = best
+            per_cost = float(gain[gi][k] - gain[gi][counts[gi]]) / moved
+            if best is None or per_cost > best[0]:
+                best = (per_cost, gi, k, c)
+        return None if best is None else best[1:]
+
+    while now > ref and (step := best_step(up=False)) is not None:
+        gi, k, now = step
         counts[gi] = k
-    while True:  # step up the group that gains the most score per unit of cost, while it fits (or lands nearer)
-        best = None
-        for gi in counts:
-            k = neighbour(gi, up=True)
-            if k is None:
-                continue
-            c = cost({**counts, gi: k})
-            added = c - now
-            if added <= 0 or abs(c - ref) >= abs(now - ref):
-                continue
-            won = float(gain[gi][k] - gain[gi][counts[gi]])
-            if best is None or won / added > best[0]:
-                best = (won / added, gi, k, c)
-        if best is None:
-            break
-        _, gi, k, now = best
+    while (step := best_step(up=True)) is not None:
+        gi, k, now = step
         counts[gi] = k
     close = 1e-3 * dense  # a swap costs a pass over all pairs of groups: stop within 0.1% of the dense cost
     while abs(now - ref) > close:  # one group up and another down, while that lands strictly nearer the goal

@@ -61,7 +61,7 @@ class MagnitudePruner(Pruner):
         norm: 1 (L1) or 2 (L2) norm of the producing weights.
         min_channels: channels every prunable group keeps.
         round_to: kept widths in multiples of this (or the whole group) at the last decision, at the cost nearest
-            the unrounded choice (8 or 16 suit vector units and tensor cores); 1 = any width. A progressive run
+            the target (8 or 16 suit vector units and tensor cores); 1 = any width. A progressive run
             rounds only its last decision, which may then keep a channel an earlier stage zeroed (it trains on
             from zero).
     """

@@ -386,3 +386,13 @@ def test_round_to_is_checked():
 
     with pytest.raises(TargetError, match=r"multiples of 16 \(option round_to\)"):
         _setup(Params(0.4), **DECIDE, round_to=16)  # Net(8)'s groups of 8 and 16 would stay whole
+
+
+def test_round_to_rounds_the_paper_variants_freeze():
+    """variant="paper" fixes its mask only at the freeze: round_to rounds it there."""
+    model, opt, pruner = _setup(Params(0.4), **PAPER, variant="paper", round_to=4)
+    for xb, yb in _batches():
+        _one_step(model, opt, pruner, xb, yb)
+    assert pruner.frozen and not pruner.decided
+    assert all(int(k.sum()) % 4 == 0 or bool(k.all()) for k in pruner.mask)
+    assert any(not bool(k.all()) for k in pruner.mask)

@@ -188,6 +188,11 @@ class AutoTrainOnce(Cutting, RankSync, Reporting, Pruner):
             out[i] = m
         return out
 
+    def _prunable_part(self, full: Masks) -> list[torch.Tensor]:
+        """The inverse of :meth:`_full`: bool masks of the prunable groups only (None: every channel kept)."""
+        return [torch.ones(self.space.groups[i].size, dtype=torch.bool) if full[i] is None else full[i].bool()
+                for i in self.prunable]  # fmt: skip
+
     def current_masks(self) -> Masks | None:
         """The mask in force (frozen, or the latest sample) aligned with ``space.groups``; None before any."""
         return None if self.mask is None else self._full(self.mask)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ..errors import ConfigError
+from ..space.targets import check_round_to
 from .resource import RESOURCE_LOSSES
 from .schedule import REDUCED_UPDATE_COST, Point, ScheduleConfig
 
@@ -99,8 +100,7 @@ class AtoConfig:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         if self.min_channels < 0:
             raise ConfigError(f"min_channels must be >= 0, got {self.min_channels}")
-        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
-            raise ConfigError(f"round_to must be an int >= 1 (1: any width; 8: multiples of 8), got {self.round_to!r}")
+        check_round_to(self.round_to)
         if self.surgery not in ("end", "freeze"):
             raise ConfigError(f"surgery={self.surgery!r}; choose 'end' or 'freeze'")
         for name, choices in (

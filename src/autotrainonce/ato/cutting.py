@@ -58,8 +58,8 @@ class Cutting:
         return out
 
     def _rounded(self, mask: list[torch.Tensor], scores: dict[int, torch.Tensor] | None = None) -> list[torch.Tensor]:
-        """``mask`` with kept widths in multiples of ``round_to`` at the nearest cost; channels added or removed
-        at the margin by ``scores`` (default: the controller's noiseless keep probabilities)."""
+        """``mask`` with kept widths in multiples of ``round_to`` at the cost nearest the target; channels added
+        or removed at the margin by ``scores`` (default: the controller's noiseless keep probabilities)."""
         if self.config.round_to <= 1:
             return mask
         if scores is None:
@@ -67,8 +67,10 @@ class Cutting:
                 scores = channel_scores(self.space, self.model)
             else:
                 scores = {gi: torch.sigmoid(s.cpu().double()) for gi, s in zip(self.prunable, self.controller.scores())}
-        full = round_widths(self.space, self._full(mask), scores, self.target, self.config.round_to, self.config.min_channels)
-        return [torch.ones(self.space.groups[gi].size, dtype=torch.bool) if full[gi] is None else full[gi] for gi in self.prunable]
+        cfg = self.config
+        return self._prunable_part(
+            round_widths(self.space, self._full(mask), scores, self.target, cfg.round_to, cfg.min_channels)
+        )
 
     def _control_mask(self, by: str) -> list[torch.Tensor]:
         """Ablation controls of the decision (decide_by): the lowest-L1 channels, or random ones, dropped
@@ -79,12 +81,7 @@ class Cutting:
             scores = {gi: torch.rand(self.space.groups[gi].size, generator=self.generator, dtype=torch.float64)
                       for gi in self.prunable}  # fmt: skip
         full = greedy_masks(self.space, scores, self.target, self.target.remove, self.config.min_channels)
-        if self.config.round_to > 1:
-            full = round_widths(self.space, full, scores, self.target, self.config.round_to, self.config.min_channels)
-        return [
-            torch.ones(self.space.groups[gi].size, dtype=torch.bool) if full[gi] is None else full[gi].bool()
-            for gi in self.prunable
-        ]
+        return self._rounded(self._prunable_part(full), scores)
 
     def freeze(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Fix the mask to the controller's deterministic choice (noiseless logits) and stop the controller.

@@ -28,7 +28,7 @@ from ..measure import eval_outputs, relative_output_change
 from ..space import PruningSpace, discover
 from ..space.model_checks import check_model
 from ..space.selection import channel_scores, greedy_masks, round_widths
-from ..space.targets import Target, resolve_target
+from ..space.targets import Target, check_round_to, resolve_target
 
 __all__ = ["MagnitudePruner", "L1OneShot", "ProgressiveMagnitude", "channel_scores", "greedy_masks"]
 
@@ -95,8 +95,7 @@ class MagnitudePruner(Pruner):
             raise ConfigError(f"norm must be 1 (L1) or 2 (L2), got {norm!r}")
         if isinstance(stages, bool) or not isinstance(stages, int) or stages < 1:
             raise ConfigError(f"stages must be a positive int, got {stages!r}")
-        if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
-            raise ConfigError(f"round_to must be an int >= 1 (1: any width; 8: multiples of 8), got {round_to!r}")
+        check_round_to(round_to)
         self.model = model
         self.example_inputs = example_inputs
         self.space = space if space is not None else discover(model, example_inputs)

@@ -103,6 +103,7 @@ def round_widths(
     order: dict[int, torch.Tensor] = {}
     counts: dict[int, int] = {}
     options: dict[int, list[int]] = {}
+    gain: dict[int, torch.Tensor] = {}  # gain[gi][k]: the score the group's k first channels of `order` keep
     for gi, s in scores.items():
         size = space.groups[gi].size
         m = masks[gi]
@@ -112,11 +113,10 @@ def round_widths(
         ranked_kept = torch.nonzero(kept).flatten()[torch.argsort(s[kept], descending=True)]
         ranked_drop = torch.nonzero(~kept).flatten()[torch.argsort(s[~kept], descending=True)]
         order[gi] = torch.cat([ranked_kept, ranked_drop])
+        gain[gi] = torch.cat([torch.zeros(1, dtype=torch.float64), s[order[gi]].cumsum(0)])
         options[gi] = allowed_widths(size, multiple, min_channels)
         want = int(kept.sum())
         counts[gi] = size if want == size else min(options[gi], key=lambda c: (abs(c - want), -c))
-    gain = {gi: torch.cat([torch.zeros(1, dtype=torch.float64), scores[gi].double().cpu()[order[gi]].cumsum(0)])
-            for gi in scores}  # fmt: skip  # gain[gi][k]: score kept by the k best channels
 
     def build(cnt: dict[int, int]) -> list[torch.Tensor | None]:
         out = list(masks)

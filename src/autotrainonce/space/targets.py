@@ -14,9 +14,9 @@ from typing import Any, Protocol
 
 import torch
 
-from ..errors import TargetError
+from ..errors import ConfigError, TargetError
 
-__all__ = ["Target", "Flops", "Params", "Budget", "allowed_widths", "resolve_target"]
+__all__ = ["Target", "Flops", "Params", "Budget", "allowed_widths", "check_round_to", "resolve_target"]
 
 
 class _Space(Protocol):  # the part of PruningSpace this module needs
@@ -114,6 +114,13 @@ class Budget:
 
 def _all_removed(space: _Space) -> list[torch.Tensor | None]:
     return [torch.zeros(g.size, dtype=torch.bool) if g.prunable else None for g in space.groups]
+
+
+def check_round_to(value: object) -> int:
+    """``value`` if it is a valid width multiple (an int >= 1), else :class:`ConfigError` (every method's check)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"round_to must be an int >= 1 (1: any width; 8: multiples of 8), got {value!r}")
+    return value
 
 
 def allowed_widths(size: int, multiple: int, min_channels: int = 1) -> list[int]:

@@ -70,7 +70,7 @@ DATA_OPTIONS = ("holdout_fraction",)
 CUT_TOLERANCE = 1e-3  # relative output change above which a cut is lossy (the network must train on after it)
 # ATO's freeze report (AutoTrainOnce.freeze_report) in the rows, as freeze_<key> columns
 FREEZE_KEYS = ("hamming", "hamming_frac", "shrunk_kept", "cut_unshrunk", "kept_near_zero", "kept_near_zero_frac",
-               "kept_zero")  # fmt: skip
+               "kept_zero", "init_order", "l1_order")  # fmt: skip
 
 
 def split_method(method: str) -> tuple[str, dict[str, Any]]:

@@ -40,8 +40,8 @@ COLUMNS = [
     "precut_ratio", "step_ms", "step_ratio", "run_s",
     "run_ratio", "timing", "search_s", "lat1_ms", "lat1_dense_ms", "lat1_ratio", "lat64_ms", "lat64_dense_ms",
     "lat64_ratio", "cut_change", "cut_change_l2", "freeze_hamming", "freeze_hamming_frac", "freeze_shrunk_kept",
-    "freeze_cut_unshrunk", "freeze_kept_near_zero", "freeze_kept_near_zero_frac", "freeze_kept_zero", "finetune",
-    "setting", "run_dir", "warnings", "error",
+    "freeze_cut_unshrunk", "freeze_kept_near_zero", "freeze_kept_near_zero_frac", "freeze_kept_zero", "freeze_init_order",
+    "freeze_l1_order", "finetune", "setting", "run_dir", "warnings", "error",
 ]  # fmt: skip
 # Ratio columns filled from the dense row of the same model and seed: (ratio, value).
 RATIOS = [("epoch_ratio", "epoch_s"), ("precut_ratio", "precut_epoch_s"), ("step_ratio", "step_ms"),
@@ -161,7 +161,7 @@ def cut_table(summary: list[dict[str, Any]]) -> str:
     shrank, and counts the channels it keeps although they are already (near) zero.
     """
     header = ["model", "method", "requested", "out Δ L2 (rel.)", "out Δ max (rel.)", "draw ≠ frozen",
-              "shrunk but kept", "cut but never shrunk", "kept ≈ 0 (= 0)", "seeds"]  # fmt: skip
+              "shrunk but kept", "cut but never shrunk", "kept ≈ 0 (= 0)", "order: init / L1", "seeds"]  # fmt: skip
     body = []
     for e in summary:
         if e["method"] == "dense" or not e["seeds"]:
@@ -179,9 +179,16 @@ def cut_table(summary: list[dict[str, Any]]) -> str:
             count("freeze_shrunk_kept") if ato else "—",
             count("freeze_cut_unshrunk") if ato else "—",
             f"{count('freeze_kept_near_zero')} ({count('freeze_kept_zero')})" if ato else "—",
+            f"{_order(e, 'freeze_init_order')} / {_order(e, 'freeze_l1_order')}" if ato else "—",
             seeds_text(e),
         ])  # fmt: skip
-    return markdown_table(header, body, align="lllrrrrrrl")
+    return markdown_table(header, body, align="lllrrrrrrrl")
+
+
+def _order(entry: dict[str, Any], col: str) -> str:
+    """Mean rank correlation over seeds, "—" where it is undefined (no controller, or heads started at zero)."""
+    mean, _, n = mean_spread(values_of(entry, col))
+    return "—" if n == 0 else f"{mean:+.2f}"
 
 
 def widths_table(summary: list[dict[str, Any]], models: Sequence[str], target: float | None) -> str:

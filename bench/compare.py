@@ -269,7 +269,9 @@ the last mask the proximal step shrank (the latest draw) and the frozen mask, as
 channels (count in brackets), split into *shrunk but kept* (dropped by the draw, kept at the freeze) and *cut
 but never shrunk* (kept by the draw, dropped at the freeze); *kept ≈ 0* counts the channels the frozen mask
 keeps whose norm (all parameter members) is at most 1e-3 × the median kept-channel norm of their group, just
-before the freeze (exactly zero in brackets). *Kept widths*: kept fraction of each prunable conv's output
+before the freeze (exactly zero in brackets); *order: init / L1* is the mean over groups of the rank
+correlation between the controller's channel order when the mask is decided and its order at initialisation
+(1: unchanged; "—" when the heads start at zero, `head_init=0`) / the channels' L1 norms then. *Kept widths*: kept fraction of each prunable conv's output
 channels in the compact model (averaged over seeds), as in kept_channels.png."""
 
 

@@ -14,15 +14,17 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ato_nets import EX, Net, digits
 from autotrainonce.ato import AutoTrainOnce, Flops, Params
-from autotrainonce.ato.instruments import NEAR_ZERO, mask_distance, near_zero_kept
+from autotrainonce.ato.instruments import NEAR_ZERO, mask_distance, near_zero_kept, order_agreement
 from autotrainonce.measure import eval_outputs, relative_output_change
+from autotrainonce.space.selection import channel_scores
 
 # A 40-step run: controller from step 3, draws every 5 steps, proximal from 6, freeze at 30 (as test_ato.py).
 # the paper variant: its noisy draws are what the freeze report compares the frozen mask with
 SHORT = dict(variant="paper", controller_start=3, hyper_step=2, proximal_start=6, lambda_switch=24, freeze_at=30,
              mask_interval=5, controller_lr=1e-2)  # fmt: skip
 FREEZE_KEYS = ("step", "channels", "dropped", "draw_dropped", "hamming", "hamming_frac", "shrunk_kept",
-               "cut_unshrunk", "kept_near_zero", "kept_near_zero_frac", "kept_zero", "output_change")  # fmt: skip
+               "cut_unshrunk", "kept_near_zero", "kept_near_zero_frac", "kept_zero", "output_change", "init_order",
+               "l1_order")  # fmt: skip
 
 
 def _roundtrip(obj):
@@ -85,6 +87,60 @@ def test_near_zero_kept_is_relative_to_each_groups_median():
     assert near_zero_kept([None, norms[1]], keep)["kept_near_zero"] == 1.0
 
 
+def test_order_agreement_is_the_mean_rank_correlation_over_groups():
+    up = torch.tensor([0.1, 0.5, 0.9, 2.0])
+    assert order_agreement([up], [up * 10 - 3]) == pytest.approx(1.0)  # any increasing map: the same order
+    assert order_agreement([up], [-up]) == pytest.approx(-1.0)
+    assert order_agreement([up, up], [up, -up]) == pytest.approx(0.0)  # the mean over groups
+    # ties share their mean rank: [0, 0, 1] and [2, 2, 7] order alike; a constant group or a one-channel group
+    # has no order and is left out
+    assert order_agreement([torch.tensor([0.0, 0.0, 1.0]), torch.ones(3), torch.ones(1)],
+                           [torch.tensor([2.0, 2.0, 7.0]), up[:3], up[:1]]) == pytest.approx(1.0)  # fmt: skip
+    assert math.isnan(order_agreement([torch.zeros(4)], [up]))  # nothing to compare
+
+
+def _decide_pruner(head_init: float) -> tuple[Net, torch.optim.Optimizer, AutoTrainOnce]:
+    """The 40-step run of test_ato_variants.py with variant="decide": controller from 3, decision at 15."""
+    torch.manual_seed(1)
+    model = Net(8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    x, y = digits()
+    holdout = DataLoader(TensorDataset(x[1400:1600], y[1400:1600]), batch_size=50)
+    pruner = AutoTrainOnce(model, EX, Params(0.4), holdout=holdout, total_steps=40, variant="decide",
+                           controller_start=3, hyper_step=2, decide_at=15, freeze_at=30, controller_lr=1e-2,
+                           head_init=head_init)  # fmt: skip
+    return model, opt, pruner
+
+
+def test_the_decision_measures_the_controllers_order():
+    """variant="decide": at the decision, the controller's order against its initial one and the L1 norms; the
+    freeze report carries both; heads started at zero have no initial order (NaN)."""
+    for head_init in (1.0, 0.0):
+        model, opt, pruner = _decide_pruner(head_init)
+        initial = [s.clone() for s in pruner.controller.scores()]
+        x, y = digits()
+        for i in range(14):
+            opt.zero_grad()
+            F.cross_entropy(model(x[i * 16 : (i + 1) * 16]), y[i * 16 : (i + 1) * 16]).backward()
+            opt.step()
+            pruner.step(opt)
+        assert not pruner.decided and pruner.decision_report == {}
+        scores, l1 = pruner.controller.scores(), channel_scores(pruner.space, model)
+        pruner.decide()
+        d = pruner.decision_report
+        assert d["l1_order"] == order_agreement(scores, [l1[gi] for gi in pruner.prunable])
+        if head_init == 0.0:
+            assert all(float(s.std()) == 0 for s in initial) and math.isnan(d["init_order"])
+        else:
+            assert d["init_order"] == order_agreement(initial, scores) and 0 < d["init_order"] < 1  # learned some
+        state = _roundtrip(pruner.state_dict())  # decided, not yet frozen: the report survives a resume
+        _, _, resumed = _decide_pruner(head_init)
+        resumed.load_state_dict(state)
+        assert str(resumed.decision_report) == str(d)  # str: NaN != NaN
+        pruner.freeze(opt)
+        assert {k: pruner.freeze_report[k] for k in d} == d or head_init == 0.0
+
+
 def test_relative_output_change():
     a = torch.tensor([[3.0, 4.0]])
     assert relative_output_change(a, a) == 0.0
@@ -119,6 +175,7 @@ def test_freeze_report_matches_a_recount(surgery, shrink):
     """
     weak = shrink == "weak"
     model, opt, pruner = _pruner(surgery, **(dict(lambda_low=0.1, lambda_high=1.0) if weak else {}))
+    initial = [s.clone() for s in pruner.controller.scores()]
     x, y = digits()
     seen: dict = {}
     for i in range(32):
@@ -129,7 +186,8 @@ def test_freeze_report_matches_a_recount(surgery, shrink):
             assert not pruner.frozen and pruner.freeze_report == {}
             assert all(not k.startswith("ato/freeze_") for k in pruner.metrics())
             seen = {"draw": [m.clone() for m in pruner.mask], "norms": pruner.proximal.channel_norms(),
-                    "before": eval_outputs(model, EX)}  # fmt: skip
+                    "before": eval_outputs(model, EX), "scores": [s.clone() for s in pruner.controller.scores()],
+                    "l1": channel_scores(pruner.space, model)}  # fmt: skip
         pruner.step(opt)
         if i + 1 == SHORT["freeze_at"]:
             seen["after"] = eval_outputs(model, EX)
@@ -160,6 +218,10 @@ def test_freeze_report_matches_a_recount(surgery, shrink):
     else:
         assert r["kept_zero"] > 0  # channels of earlier draws, dead yet kept (issue 15, hypothesis 1)
         assert r["output_change"] == 0.0 if surgery == "end" else r["output_change"] < 1e-6
+    # the paper variant decides at the freeze: its order then, against its initial order and the L1 norms
+    assert r["init_order"] == order_agreement(initial, seen["scores"]) and -1 <= r["init_order"] <= 1
+    l1 = [seen["l1"][gi] for gi in pruner.prunable]
+    assert r["l1_order"] == order_agreement(seen["scores"], l1) and -1 <= r["l1_order"] <= 1
     m = pruner.metrics()
     assert all(m[f"ato/freeze_{k}"] == r[k] for k in FREEZE_KEYS)
 

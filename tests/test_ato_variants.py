@@ -78,6 +78,8 @@ def _weight_sum(model) -> float:
         (dict(decide_by="random", decide_when="stable"), r"needs variant='decide' and decide_by"),
         (dict(decide_when="stable", stable_tol=0.0), r"stable_tol must be in \(0, 1\)"),
         (dict(decide_when="stable", stable_patience=0), r"stable_patience must be >= 1"),
+        (dict(head_init=-1.0), r"head_init must be >= 0 \(scale of the heads' initial weights\), got -1"),
+        (dict(head_init=float("nan")), r"head_init=nan has the wrong type"),
     ],
 )
 def test_bad_variant_options_raise_config_errors(options, match):

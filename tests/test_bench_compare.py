@@ -236,18 +236,19 @@ def test_precut_ratio_divides_by_the_same_epochs_of_the_dense_run(report):
 
 def test_cut_and_widths_tables(report):
     freeze = {"freeze_hamming": 4.0, "freeze_hamming_frac": 0.1, "freeze_shrunk_kept": 3.0, "freeze_cut_unshrunk": 1.0,
-              "freeze_kept_near_zero": 2.0, "freeze_kept_zero": 1.0}  # fmt: skip
+              "freeze_kept_near_zero": 2.0, "freeze_kept_zero": 1.0, "freeze_init_order": 0.5,
+              "freeze_l1_order": -0.25}  # fmt: skip
     rows = [_row("dense", 0.0, 0, 90.0, 10.0),
             _row("ato", 50.0, 0, 88.0, 10.0, cut_change=0.5, cut_change_l2=0.25, widths={"a": 0.5, "b": 0.25}, **freeze),
             _row("ato", 50.0, 1, 88.0, 10.0, cut_change=0.7, cut_change_l2=0.35, widths={"a": 0.7, "b": 0.25},
-                 **(freeze | {"freeze_hamming_frac": 0.3})),
+                 **(freeze | {"freeze_hamming_frac": 0.3, "freeze_init_order": 0.7})),
             _row("l1-oneshot", 50.0, 0, 87.0, 10.0, cut_change=0.2, cut_change_l2=1e-2, prunable_layers=["a"])]  # fmt: skip
     summary = report.summarize(rows, ["resnet20"])
     cut = report.cut_table(summary).splitlines()
     assert len(cut) == 4 and "dense" not in "".join(cut)  # header, rule, ato, l1
     assert cut[2].startswith("| resnet20 | ato | 50% | 3.0e-01 ± 7.1e-02 | 6.0e-01 ± 1.4e-01 | 20.0 ± 14.1% (4.0 ± 0.0) |")
-    assert "| 3.0 ± 0.0 | 1.0 ± 0.0 | 2.0 ± 0.0 (1.0 ± 0.0) |" in cut[2]
-    assert cut[3] == "| resnet20 | l1-oneshot | 50% | 1.0e-02 | 2.0e-01 | — | — | — | — | 0 |"
+    assert "| 3.0 ± 0.0 | 1.0 ± 0.0 | 2.0 ± 0.0 (1.0 ± 0.0) | +0.60 / -0.25 |" in cut[2]  # order: seeds' mean
+    assert cut[3] == "| resnet20 | l1-oneshot | 50% | 1.0e-02 | 2.0e-01 | — | — | — | — | — | 0 |"
     widths = report.widths_table(summary, ["resnet20"], 50.0).splitlines()
     # prunable layers only (l1's list), the seeds' mean per method
     assert widths[0] == "| model | layer (kept fraction at 50%) | ato | l1-oneshot |"

@@ -98,3 +98,31 @@ def test_keep_probabilities_are_the_draws_keep_frequencies():
     freq = torch.stack([torch.cat(ctrl()[1]).detach() for _ in range(4000)]).mean(0)
     assert float((freq - probs).abs().max()) < 0.04  # 4000 draws: standard error <= 0.008
     assert float(probs.min()) < 0.45 and float(probs.max()) > 0.55  # not all at one half (the test can fail)
+
+
+def test_head_init_scales_the_heads_and_nothing_else():
+    base, zero, half = make(), make(head_init=0.0), make(head_init=0.5)
+    for a, z, h in zip(base.heads, zero.heads, half.heads):
+        assert float(z.weight.abs().max()) == 0.0
+        torch.testing.assert_close(h.weight, 0.5 * a.weight)
+    # the same draws before and after the heads: the GRU (drawn first) and the noise generator are untouched
+    for pa, pz in zip(base.gru.parameters(), zero.gru.parameters()):
+        assert torch.equal(pa, pz)
+    # zero heads: every channel of a group starts with the same logit (the offset), so no order is drawn at init
+    assert all(torch.equal(s, torch.full_like(s, 3.0)) for s in zero.scores())
+    assert any(float(s.std()) > 0 for s in base.scores())
+
+
+def test_zero_heads_learn_an_order_from_the_loss():
+    ctrl = make(offset=0.0, head_init=0.0)
+    opt = torch.optim.AdamW(ctrl.parameters(), lr=1e-2)
+    # keeping an even channel lowers the loss, keeping an odd one raises it
+    worth = [torch.tensor([1.0 if i % 2 == 0 else -1.0 for i in range(n)]) for n in SIZES]
+    for _ in range(20):
+        soft, _ = ctrl()
+        loss = -sum((s * w).sum() for s, w in zip(soft, worth))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for s, w in zip(ctrl.scores(), worth):
+        assert float(s[w > 0].min()) > 0 > float(s[w < 0].max())  # learned from zero: kept vs dropped

@@ -122,19 +122,8 @@ class AutoTrainOnce(Cutting, RankSync, Reporting, Pruner):
         self.prunable = [i for i, g in enumerate(space.groups) if g.prunable]
         groups = [space.groups[i] for i in self.prunable]
         self.generator = torch.Generator().manual_seed(int(cfg.seed))
-        # The controller's init depends on `seed` only and leaves the global RNG alone, so turning ATO on does
-        # not change the model's init, data order or augmentation draws.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(cfg.seed))
-            self.controller: Controller | None = Controller(
-                [g.size for g in groups],
-                embed_dim=cfg.embed_dim,
-                hidden_size=cfg.hidden_size,
-                temperature=cfg.temperature,
-                offset=cfg.offset,
-                min_channels=cfg.min_channels,
-                generator=self.generator,
-            ).to(device_of(model))
+        self._controller_sizes = [g.size for g in groups]
+        self.controller: Controller | None = self._new_controller(self.generator).to(device_of(model))
         self.controller_optimizer: torch.optim.Optimizer | None = torch.optim.AdamW(
             self.controller.parameters(), lr=cfg.controller_lr, weight_decay=cfg.controller_weight_decay
         )
@@ -161,6 +150,26 @@ class AutoTrainOnce(Cutting, RankSync, Reporting, Pruner):
         self.export_report: dict[str, float] = {}
         #: measured once at the freeze (draw vs frozen mask, near-zero kept channels, output change), see freeze()
         self.freeze_report: dict[str, float] = {}
+        #: measured when the mask is decided (init_order, l1_order), merged into freeze_report at the freeze
+        self.decision_report: dict[str, float] = {}
+
+    def _new_controller(self, generator: torch.Generator) -> Controller:
+        """A controller as initialised for this run (on the CPU); ``generator`` draws its embeddings and noise."""
+        cfg = self.config
+        # The controller's init depends on `seed` only and leaves the global RNG alone, so turning ATO on does
+        # not change the model's init, data order or augmentation draws.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(cfg.seed))
+            return Controller(
+                self._controller_sizes,
+                embed_dim=cfg.embed_dim,
+                hidden_size=cfg.hidden_size,
+                temperature=cfg.temperature,
+                offset=cfg.offset,
+                min_channels=cfg.min_channels,
+                head_init=cfg.head_init,
+                generator=generator,
+            )
 
     def set_steps_per_epoch(self, steps_per_epoch: int) -> None:
         """Resample the proximal mask once per epoch of ``steps_per_epoch`` (unless mask_interval is set)."""

@@ -51,6 +51,9 @@ class AtoConfig:
     temperature: float = 0.4
     offset: float = 3.0
     min_channels: int = 1
+    # scale of the per-group heads' initial weights: 1 = PyTorch's default init (the paper); 0 = every channel of a
+    # group starts with the same logit, so the order inside a group at the decision is what the controller learned
+    head_init: float = 1.0
     # kept widths in multiples of this (or the whole group) when the mask is fixed: 8 or 16 for vector units and
     # tensor cores; 1 = any width (space.selection.round_widths; docs/decisions.md)
     round_to: int = 1
@@ -98,6 +101,8 @@ class AtoConfig:
             raise ConfigError(f"resource_loss={self.resource_loss!r}; choose one of {', '.join(RESOURCE_LOSSES)}")
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        if self.head_init < 0:
+            raise ConfigError(f"head_init must be >= 0 (scale of the heads' initial weights), got {self.head_init}")
         if self.min_channels < 0:
             raise ConfigError(f"min_channels must be >= 0, got {self.min_channels}")
         check_round_to(self.round_to)

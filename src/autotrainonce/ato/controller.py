@@ -27,6 +27,8 @@ class Controller(nn.Module):
         offset: logit offset b; positive values start every channel near "keep".
         min_channels: a hard mask keeps at least this many channels per group (the highest scores), so that a
             group is never emptied by accident; 0 disables.
+        head_init: scale of the heads' initial weights (1: PyTorch's default init; 0: all logits of a group start
+            equal, so any order among its channels is learned, not drawn at init).
         generator: CPU generator for the Gumbel noise and the embedding init (reproducible, device-independent).
     """
 
@@ -38,6 +40,7 @@ class Controller(nn.Module):
         temperature: float = 0.4,
         offset: float = 3.0,
         min_channels: int = 1,
+        head_init: float = 1.0,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
@@ -57,6 +60,11 @@ class Controller(nn.Module):
         self.gru = nn.GRU(embed_dim, hidden_size, batch_first=True, bidirectional=True)
         self.norm = nn.LayerNorm(2 * hidden_size)
         self.heads = nn.ModuleList(nn.Linear(2 * hidden_size, n, bias=False) for n in self.sizes)
+        if head_init != 1.0:
+            # scaled after the default init, so the random draws (and everything seeded after them) stay the same
+            with torch.no_grad():
+                for head in self.heads:
+                    head.weight.mul_(float(head_init))
 
     def logits(self) -> list[torch.Tensor]:
         """Noiseless logits, one tensor of shape (size,) per group."""

@@ -13,7 +13,7 @@ from ..errors import SurgeryError
 from ..measure import eval_outputs, relative_output_change
 from ..space.selection import channel_scores, greedy_masks, round_widths
 from ._utils import device_of, to_device
-from .instruments import freeze_report
+from .instruments import freeze_report, order_agreement
 from .ranks import is_rank0, world_size
 
 __all__ = ["Cutting"]
@@ -29,6 +29,7 @@ class Cutting:
         the dropped channels ramp to exactly zero at ``freeze_at``, where the freeze cuts this very mask."""
         if self.decided or self.frozen:
             return
+        self.decision_report = self._order_report()
         by = self.config.decide_by
         if by == "controller":
             mask = self._rounded(self.final_mask())
@@ -45,6 +46,18 @@ class Cutting:
                 "to zero until the freeze at step %d", self.global_step, 100 * flops, 100 * params,
                 self.schedule.freeze_at,
             )
+
+    def _order_report(self) -> dict[str, float]:
+        """How the controller orders each group's channels at the decision: ``init_order`` (against its order at
+        initialisation; 1 = unchanged, NaN when its heads started at zero and had no order) and ``l1_order``
+        (against the channels' L1 norms now). Empty without a controller."""
+        ctrl = self.controller
+        if ctrl is None:
+            return {}
+        now = [s.cpu() for s in ctrl.scores()]
+        init = self._new_controller(torch.Generator().manual_seed(int(self.config.seed))).scores()
+        l1 = channel_scores(self.space, self.model)
+        return {"init_order": order_agreement(init, now), "l1_order": order_agreement(now, [l1[gi] for gi in self.prunable])}
 
     def _widths_mask(self, mask: list[torch.Tensor]) -> list[torch.Tensor]:
         """decide_by="widths": as many channels per group as ``mask`` keeps, but the largest-L1 ones (the cost
@@ -98,6 +111,8 @@ class Cutting:
         norms = [n if slots else None for n, slots in zip(prox.channel_norms(), prox.slots)]
         inputs = to_device(self.example_inputs, device_of(self.model))
         before = eval_outputs(self.model, inputs)
+        if not self.decided:  # the paper variant decides at the freeze
+            self.decision_report = self._order_report()
         self._set_mask(self._agree(self.final_mask() if self.decided else self._rounded(self.final_mask())))
         self.frozen = True
         if self.config.zero_at_freeze:
@@ -107,7 +122,7 @@ class Cutting:
             self._cut(optimizer)
         change = relative_output_change(before, eval_outputs(self.model, inputs))
         assert self.mask is not None
-        self.freeze_report = r = freeze_report(self.global_step, draw, self.mask, norms, change)
+        self.freeze_report = r = freeze_report(self.global_step, draw, self.mask, norms, change, self.decision_report)
         if is_rank0():
             log.info(
                 "ATO: mask frozen at step %d: it differs from the last shrunk draw on %d of %d channels (%.1f%%: "

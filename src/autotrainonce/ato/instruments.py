@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["NEAR_ZERO", "mask_distance", "near_zero_kept", "freeze_report"]
+__all__ = ["NEAR_ZERO", "mask_distance", "near_zero_kept", "order_agreement", "freeze_report"]
 
 #: a kept channel is "near zero" when its norm is at most this times the median kept-channel norm of its group
 NEAR_ZERO = 1e-3
@@ -78,17 +78,47 @@ def near_zero_kept(
     }
 
 
+def _ranks(v: torch.Tensor) -> torch.Tensor:
+    """Ranks 0..n-1 of ``v``, ties given their mean rank (so a constant vector has constant ranks)."""
+    v = v.detach().double().cpu().flatten()
+    ranks = torch.empty_like(v)
+    ranks[v.argsort()] = torch.arange(v.numel(), dtype=torch.float64)
+    _, inverse = torch.unique(v, return_inverse=True)
+    sums = torch.zeros(int(inverse.max()) + 1, dtype=torch.float64).index_add_(0, inverse, ranks)
+    return (sums / torch.bincount(inverse).double())[inverse]
+
+
+def order_agreement(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
+    """Mean over groups of the Spearman rank correlation between ``a[i]`` and ``b[i]`` (channel scores of one
+    group each): 1 when every group orders its channels alike, ~0 when the orders are unrelated.
+
+    Groups with fewer than two channels, or where either score is constant (no order to compare), are left
+    out; NaN when no group is left.
+    """
+    values = []
+    for x, y in zip(a, b):
+        rx, ry = _ranks(x), _ranks(y)
+        rx, ry = rx - rx.mean(), ry - ry.mean()
+        denom = float(rx.norm() * ry.norm())
+        if rx.numel() >= 2 and denom > 0:
+            values.append(float((rx * ry).sum()) / denom)
+    return sum(values) / len(values) if values else float("nan")
+
+
 def freeze_report(
     step: int,
     draw: Sequence[torch.Tensor] | None,
     frozen: Sequence[torch.Tensor],
     norms: Sequence[torch.Tensor | None],
     output_change: float,
+    decision: dict[str, float] | None = None,
 ) -> dict[str, float]:
-    """Everything :attr:`AutoTrainOnce.freeze_report` holds, as floats (see docs/ato.md, "What is logged")."""
+    """Everything :attr:`AutoTrainOnce.freeze_report` holds, as floats (see docs/ato.md, "What is logged");
+    ``decision``: what was measured when the mask was decided (``init_order``, ``l1_order``)."""
     return {
         "step": float(step),
         **mask_distance(draw, frozen),
         **near_zero_kept(norms, frozen),
         "output_change": float(output_change),
+        **{k: float(v) for k, v in (decision or {}).items()},
     }

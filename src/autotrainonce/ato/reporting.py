@@ -169,6 +169,7 @@ class Reporting:
             "holdout_drawn": 0 if self.holdout is None else self.holdout.drawn,
             "last": dict(self.last),
             "freeze_report": dict(self.freeze_report),
+            "decision_report": dict(self.decision_report),
             "decided_early_at": self.decided_early_at,
             "stable_run": self._stable_run,
             "stable_prev": None if self._stable_prev is None else [m.clone() for m in self._stable_prev],
@@ -217,6 +218,7 @@ class Reporting:
         self.last = {str(k): float(v) for k, v in state["last"].items()}
         # states written before the freeze report existed have none (same version: the key is optional)
         self.freeze_report = {str(k): float(v) for k, v in (state.get("freeze_report") or {}).items()}
+        self.decision_report = {str(k): float(v) for k, v in (state.get("decision_report") or {}).items()}
         # absent in states written before decide_when existed (same version: the keys are optional)
         early = state.get("decided_early_at")
         self.decided_early_at = None if early is None else int(early)

@@ -97,6 +97,9 @@ def test_order_agreement_is_the_mean_rank_correlation_over_groups():
     assert order_agreement([torch.tensor([0.0, 0.0, 1.0]), torch.ones(3), torch.ones(1)],
                            [torch.tensor([2.0, 2.0, 7.0]), up[:3], up[:1]]) == pytest.approx(1.0)  # fmt: skip
     assert math.isnan(order_agreement([torch.zeros(4)], [up]))  # nothing to compare
+    assert math.isnan(order_agreement([torch.zeros(0)], [torch.zeros(0)]))
+    # tied ranks 1.5, 1.5, 0 against 0, 1, 2: -1.5 / sqrt(1.5 * 2) (ranks by position would give -0.5)
+    assert order_agreement([torch.tensor([1.0, 1.0, 0.0])], [up[:3]]) == pytest.approx(-math.sqrt(3) / 2)
 
 
 def _decide_pruner(head_init: float) -> tuple[Net, torch.optim.Optimizer, AutoTrainOnce]:

@@ -81,6 +81,8 @@ def near_zero_kept(
 def _ranks(v: torch.Tensor) -> torch.Tensor:
     """Ranks 0..n-1 of ``v``, ties given their mean rank (so a constant vector has constant ranks)."""
     v = v.detach().double().cpu().flatten()
+    if not v.numel():
+        return v
     ranks = torch.empty_like(v)
     ranks[v.argsort()] = torch.arange(v.numel(), dtype=torch.float64)
     _, inverse = torch.unique(v, return_inverse=True)

@@ -60,11 +60,10 @@ class Controller(nn.Module):
         self.gru = nn.GRU(embed_dim, hidden_size, batch_first=True, bidirectional=True)
         self.norm = nn.LayerNorm(2 * hidden_size)
         self.heads = nn.ModuleList(nn.Linear(2 * hidden_size, n, bias=False) for n in self.sizes)
-        if head_init != 1.0:
-            # scaled after the default init, so the random draws (and everything seeded after them) stay the same
-            with torch.no_grad():
-                for head in self.heads:
-                    head.weight.mul_(float(head_init))
+        # scaled after the default init, so the random draws (and everything seeded after them) stay the same
+        with torch.no_grad():
+            for head in self.heads:
+                head.weight.mul_(float(head_init))
 
     def logits(self) -> list[torch.Tensor]:
         """Noiseless logits, one tensor of shape (size,) per group."""

@@ -54,7 +54,7 @@ class Cutting:
         ctrl = self.controller
         if ctrl is None:
             return {}
-        now = [s.cpu() for s in ctrl.scores()]
+        now = ctrl.scores()  # order_agreement ranks on the CPU
         init = self._new_controller(torch.Generator().manual_seed(int(self.config.seed))).scores()
         l1 = channel_scores(self.space, self.model)
         return {"init_order": order_agreement(init, now), "l1_order": order_agreement(now, [l1[gi] for gi in self.prunable])}
